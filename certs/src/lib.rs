@@ -1,0 +1,1 @@
+//! TLS material: load, generate, reload.

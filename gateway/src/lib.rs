@@ -1,0 +1,2 @@
+//! rtcgate library.
+pub use rsipstack::rsip;

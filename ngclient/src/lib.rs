@@ -1,0 +1,1 @@
+//! rtpengine ng control protocol client.

@@ -1,0 +1,1 @@
+//! SDP inspection, validation and per-leg media profiles.
