@@ -1,2 +1,10 @@
-//! rtcgate library.
+//! rtcgate: a WebRTC-to-SIP gateway. SIP over WebSocket (RFC 7118) on one
+//! side, SIP over UDP toward PBXes on the other, media through rtpengine.
+
 pub use rsipstack::rsip;
+
+pub mod config;
+pub mod responder;
+pub mod server;
+pub mod sip;
+pub mod transport;

@@ -1,0 +1,468 @@
+//! The configuration file: one TOML document, typed with serde.
+//!
+//! Every key has a default that runs the quick start, so an empty file (or no
+//! file) is a valid configuration. Unknown keys are refused, because a typo
+//! that silently falls back to a default is the worst kind of config error.
+//! Errors name the dotted key and, where the file has it, the line.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, a key is unknown or a value has the wrong type.
+    #[error("{origin}{location}: {message}")]
+    Syntax {
+        /// `file: ` prefix, or empty.
+        origin: String,
+        /// ` line N, column M`, or empty.
+        location: String,
+        /// What is wrong, as the TOML parser words it.
+        message: String,
+    },
+    /// A value is well-typed but not acceptable.
+    #[error("{origin}{location}: invalid value for `{key}`: {message}")]
+    Invalid {
+        /// `file: ` prefix, or empty.
+        origin: String,
+        /// ` line N`, or empty when the key is not in the file (a default).
+        location: String,
+        /// The dotted key, e.g. `websocket.max_message_size`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Identity of this node and its SIP domains.
+    pub general: General,
+    /// SIP over UDP and SIP timers.
+    pub sip: Sip,
+    /// The HTTP(S) listeners that upgrade to SIP over WebSocket.
+    pub websocket: WebSocket,
+    /// TLS certificate for WSS and HTTPS.
+    pub tls: Tls,
+}
+
+/// Identity of this node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct General {
+    /// Name of this node (written into registrations; must be unique in a cluster).
+    pub node_id: String,
+    /// SIP domains served by this gateway (also the digest realm, first entry).
+    pub domains: Vec<String>,
+    /// Default log filter (`RUST_LOG` overrides it), e.g. `info` or `rtcgate=debug`.
+    pub log: String,
+    /// Value of the `Server` / `User-Agent` header on messages rtcgate creates.
+    pub server_header: String,
+}
+
+impl Default for General {
+    fn default() -> Self {
+        Self {
+            node_id: "node1".into(),
+            domains: vec!["localhost".into(), "127.0.0.1".into()],
+            log: "info".into(),
+            server_header: format!("rtcgate/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// SIP over UDP and transaction timers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sip {
+    /// UDP listen addresses (IPv4 and/or IPv6). Empty disables UDP.
+    pub udp_listen: Vec<SocketAddr>,
+    /// Host (name or address) written into Via and Record-Route for UDP.
+    /// Default: the listen address.
+    pub advertised_host: Option<String>,
+    /// Largest SIP message accepted over UDP, in bytes.
+    pub max_udp_message_size: usize,
+    /// RFC 3261 T1 in milliseconds.
+    pub t1_ms: u64,
+    /// RFC 3261 T2 in milliseconds.
+    pub t2_ms: u64,
+    /// RFC 3261 T4 in milliseconds.
+    pub t4_ms: u64,
+}
+
+impl Default for Sip {
+    fn default() -> Self {
+        Self {
+            udp_listen: vec![SocketAddr::from(([127, 0, 0, 1], 5060))],
+            advertised_host: None,
+            max_udp_message_size: 65_507,
+            t1_ms: 500,
+            t2_ms: 4_000,
+            t4_ms: 5_000,
+        }
+    }
+}
+
+/// The HTTP(S) listeners: WebSocket upgrades for SIP plus plain HTTP routes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocket {
+    /// WSS (TLS) listen addresses. Empty disables WSS.
+    pub wss_listen: Vec<SocketAddr>,
+    /// Plain WS listen addresses, for use behind a TLS-terminating proxy.
+    pub ws_listen: Vec<SocketAddr>,
+    /// Origins allowed to open a SIP WebSocket. `*` allows any; a request
+    /// without `Origin` (not a browser) is allowed unless `require_origin`.
+    pub allowed_origins: Vec<String>,
+    /// Refuse upgrades that carry no `Origin` header.
+    pub require_origin: bool,
+    /// Largest WebSocket message (one SIP message), in bytes.
+    pub max_message_size: usize,
+    /// Largest single WebSocket frame, in bytes.
+    pub max_frame_size: usize,
+    /// Time allowed for the TLS and HTTP handshakes, in milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// Largest HTTP request head accepted, in bytes.
+    pub max_http_head: usize,
+    /// Open connections allowed per source IP address.
+    pub max_connections_per_ip: usize,
+    /// Open connections allowed in total.
+    pub max_connections: usize,
+    /// Interval between WebSocket pings, in seconds (0 disables pings).
+    pub ping_interval_s: u64,
+    /// A connection with no traffic (not even a pong) for this long is closed, in seconds.
+    pub idle_timeout_s: u64,
+    /// Messages queued toward one connection before it is considered stuck and closed.
+    pub send_queue: usize,
+}
+
+impl Default for WebSocket {
+    fn default() -> Self {
+        Self {
+            wss_listen: vec![SocketAddr::from(([127, 0, 0, 1], 8443))],
+            ws_listen: vec![],
+            allowed_origins: vec![
+                "https://localhost:8443".into(),
+                "https://127.0.0.1:8443".into(),
+            ],
+            require_origin: false,
+            max_message_size: 64 * 1024,
+            max_frame_size: 64 * 1024,
+            handshake_timeout_ms: 5_000,
+            max_http_head: 8 * 1024,
+            max_connections_per_ip: 200,
+            max_connections: 60_000,
+            ping_interval_s: 30,
+            idle_timeout_s: 120,
+            send_queue: 256,
+        }
+    }
+}
+
+/// TLS material.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// Generate a self-signed development CA and certificate into the
+    /// directory of `cert`/`key` when they do not exist.
+    pub generate_dev_cert: bool,
+    /// How often the files are checked for changes, in milliseconds.
+    pub reload_check_ms: u64,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Self {
+            cert: PathBuf::from("run/certs/cert.pem"),
+            key: PathBuf::from("run/certs/key.pem"),
+            generate_dev_cert: true,
+            reload_check_ms: 2_000,
+        }
+    }
+}
+
+impl Sip {
+    /// T1 as a duration.
+    pub fn t1(&self) -> Duration {
+        Duration::from_millis(self.t1_ms)
+    }
+}
+
+impl WebSocket {
+    /// Whether `origin` may open a SIP WebSocket.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        match origin {
+            None => !self.require_origin,
+            Some(o) => self
+                .allowed_origins
+                .iter()
+                .any(|a| a == "*" || a.eq_ignore_ascii_case(o.trim_end_matches('/'))),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &format!("{}", path.display()))
+    }
+
+    /// Parses and validates configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let prefix = if origin.is_empty() {
+            String::new()
+        } else {
+            origin.to_owned()
+        };
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let location = e
+                .span()
+                .map(|s| {
+                    let (line, col) = line_col(text, s.start);
+                    format!(":{line}:{col}")
+                })
+                .unwrap_or_default();
+            ConfigError::Syntax {
+                origin: prefix.clone(),
+                location,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        config.validate().map_err(|(key, message)| {
+            let location = key_line(text, &key)
+                .map(|l| format!(":{l}"))
+                .unwrap_or_else(|| " (default value)".into());
+            ConfigError::Invalid {
+                origin: prefix.clone(),
+                location,
+                key,
+                message,
+            }
+        })?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot: returns the dotted key and the reason.
+    fn validate(&self) -> Result<(), (String, String)> {
+        fn bad(key: &str, msg: impl Into<String>) -> Result<(), (String, String)> {
+            Err((key.to_owned(), msg.into()))
+        }
+        if self.general.node_id.trim().is_empty()
+            || !self
+                .general
+                .node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return bad(
+                "general.node_id",
+                "must be non-empty and use only letters, digits, '-', '_' and '.'",
+            );
+        }
+        if self.general.domains.is_empty() {
+            return bad("general.domains", "at least one SIP domain is needed");
+        }
+        if let Some(d) = self.general.domains.iter().find(|d| !valid_host(d)) {
+            return bad(
+                "general.domains",
+                format!("{d:?} is not a host name or IP address"),
+            );
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.general.log).is_err() {
+            return bad("general.log", "not a valid log filter (e.g. \"info\")");
+        }
+        if let Some(h) = &self.sip.advertised_host
+            && !valid_host(h)
+        {
+            return bad(
+                "sip.advertised_host",
+                format!("{h:?} is not a host name or IP address"),
+            );
+        }
+        if !(512..=65_535).contains(&self.sip.max_udp_message_size) {
+            return bad("sip.max_udp_message_size", "must be between 512 and 65535");
+        }
+        if self.sip.t1_ms == 0 || self.sip.t1_ms > 60_000 {
+            return bad("sip.t1_ms", "must be between 1 and 60000");
+        }
+        if self.sip.t2_ms < self.sip.t1_ms {
+            return bad("sip.t2_ms", "must not be smaller than sip.t1_ms");
+        }
+        if self.sip.t4_ms == 0 {
+            return bad("sip.t4_ms", "must be positive");
+        }
+        let ws = &self.websocket;
+        if !(1024..=16 * 1024 * 1024).contains(&ws.max_message_size) {
+            return bad(
+                "websocket.max_message_size",
+                "must be between 1024 and 16777216",
+            );
+        }
+        if ws.max_frame_size < 1024 || ws.max_frame_size > ws.max_message_size {
+            return bad(
+                "websocket.max_frame_size",
+                "must be at least 1024 and at most websocket.max_message_size",
+            );
+        }
+        if ws.handshake_timeout_ms == 0 {
+            return bad("websocket.handshake_timeout_ms", "must be positive");
+        }
+        if !(1024..=65_536).contains(&ws.max_http_head) {
+            return bad("websocket.max_http_head", "must be between 1024 and 65536");
+        }
+        if ws.max_connections_per_ip == 0 {
+            return bad("websocket.max_connections_per_ip", "must be positive");
+        }
+        if ws.max_connections == 0 {
+            return bad("websocket.max_connections", "must be positive");
+        }
+        if ws.idle_timeout_s == 0 {
+            return bad("websocket.idle_timeout_s", "must be positive");
+        }
+        if ws.ping_interval_s >= ws.idle_timeout_s {
+            return bad(
+                "websocket.ping_interval_s",
+                "must be smaller than websocket.idle_timeout_s",
+            );
+        }
+        if ws.send_queue == 0 {
+            return bad("websocket.send_queue", "must be positive");
+        }
+        if let Some(o) = ws
+            .allowed_origins
+            .iter()
+            .find(|o| *o != "*" && !(o.starts_with("https://") || o.starts_with("http://")))
+        {
+            return bad(
+                "websocket.allowed_origins",
+                format!("{o:?} is not an origin like \"https://host:port\" or \"*\""),
+            );
+        }
+        if self.sip.udp_listen.is_empty() && ws.wss_listen.is_empty() && ws.ws_listen.is_empty() {
+            return bad("sip.udp_listen", "no listener configured at all");
+        }
+        if self.tls.reload_check_ms == 0 {
+            return bad("tls.reload_check_ms", "must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// A host name (letters, digits, `-`, `.`) or an IP address.
+fn valid_host(h: &str) -> bool {
+    let bare = h.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<IpAddr>().is_ok()
+        || (!h.is_empty()
+            && h.len() <= 253
+            && h.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            }))
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// The line on which a dotted key is written, if it is in the file.
+fn key_line(text: &str, dotted: &str) -> Option<usize> {
+    let root = toml::de::DeTable::parse(text).ok()?;
+    let mut table = root.get_ref();
+    let mut parts = dotted.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let (key, value) = table.get_key_value(part)?;
+        if parts.peek().is_none() {
+            return Some(line_col(text, key.span().start).0);
+        }
+        match value.get_ref() {
+            toml::de::DeValue::Table(t) => table = t,
+            _ => return Some(line_col(text, key.span().start).0),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let c = Config::parse("", "").unwrap();
+        assert_eq!(c.general.node_id, "node1");
+        assert_eq!(c.websocket.wss_listen.len(), 1);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = Config::parse("[websocket]\nmax_mesage_size = 10\n", "x.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("x.toml:2"), "{msg}");
+        assert!(msg.contains("max_mesage_size"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_line() {
+        let err = Config::parse("[sip]\n\nt1_ms = \"fast\"\n", "c.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("c.toml:3"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_value_names_key_and_line() {
+        let err =
+            Config::parse("[websocket]\n# comment\nmax_frame_size = 10\n", "c.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("`websocket.max_frame_size`"), "{msg}");
+        assert!(msg.contains("c.toml:3"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_default_combination_says_default() {
+        let err = Config::parse("[websocket]\nidle_timeout_s = 10\n", "c.toml").unwrap_err();
+        assert!(err.to_string().contains("websocket.ping_interval_s"));
+        assert!(err.to_string().contains("default value"), "{err}");
+    }
+
+    #[test]
+    fn origins() {
+        let ws = WebSocket::default();
+        assert!(ws.origin_allowed(Some("https://localhost:8443")));
+        assert!(ws.origin_allowed(Some("https://LOCALHOST:8443/")));
+        assert!(!ws.origin_allowed(Some("https://evil.example")));
+        assert!(ws.origin_allowed(None));
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../rtcgate.example.toml");
+        Config::parse(text, "rtcgate.example.toml").unwrap();
+    }
+}
