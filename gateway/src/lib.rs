@@ -3,8 +3,10 @@
 
 pub use rsipstack::rsip;
 
+pub mod app;
 pub mod config;
 pub mod responder;
 pub mod server;
 pub mod sip;
+pub mod tls;
 pub mod transport;
