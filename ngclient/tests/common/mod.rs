@@ -84,6 +84,11 @@ impl Rtpengine {
 
     /// Starts a daemon on a given ng address and media range.
     pub fn start_at(ng: SocketAddr, ports: (u16, u16)) -> Option<Self> {
+        Self::start_with(ng, ports, 1)
+    }
+
+    /// Starts a daemon with `threads` worker threads.
+    pub fn start_with(ng: SocketAddr, ports: (u16, u16), threads: u32) -> Option<Self> {
         let Some(bin) = rtpengine_bin() else {
             return missing("rtpengine binary not found (set RTPENGINE_BIN)");
         };
@@ -105,7 +110,7 @@ impl Rtpengine {
                 format!("--port-min={}", ports.0),
                 format!("--port-max={}", ports.1),
                 "--delete-delay=0".into(),
-                "--num-threads=1".into(),
+                format!("--num-threads={threads}"),
                 "--dtls-passive".into(),
             ])
             .stdin(Stdio::null())
