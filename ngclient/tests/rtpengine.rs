@@ -172,9 +172,11 @@ async fn pbx_to_browser_offer_gets_webrtc_profile() {
     };
     let client = NgClient::start(config(&[&engine])).await.unwrap();
     let call = format!("in-{}@127.0.0.1", std::process::id());
-    let offer = bounded(client.offer(&webrtc_profile(plain, &call, "caller1"), Target::Auto))
-        .await
-        .unwrap();
+    // DTLS-reverse is undocumented; 10.5 must still accept the offer with it.
+    let mut req = webrtc_profile(plain, &call, "caller1");
+    req.dtls_reverse = Some("passive".into());
+    let offer = bounded(client.offer(&req, Target::Auto)).await.unwrap();
+    eprintln!("warning with DTLS-reverse: {:?}", offer.reply.warning);
     let sdp = text(offer.sdp().unwrap());
     assert_webrtc(&sdp);
     assert!(sdp.contains("a=setup:"), "{sdp}");
