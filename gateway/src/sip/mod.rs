@@ -83,9 +83,15 @@ fn sanitize_reason(r: &str) -> String {
         .collect::<String>()
 }
 
-/// A 400 built from the raw header lines of a request rsip could not parse.
-pub fn bad_request_from_raw(lines: &[(String, String)], reason: &str, server: &str) -> Vec<u8> {
-    let mut out = format!("SIP/2.0 400 {}\r\n", sanitize_reason(reason));
+/// An error response (400, 505, 513) built from the raw header lines of a
+/// request rsip could not parse.
+pub fn error_from_raw(
+    code: u16,
+    lines: &[(String, String)],
+    reason: &str,
+    server: &str,
+) -> Vec<u8> {
+    let mut out = format!("SIP/2.0 {code} {}\r\n", sanitize_reason(reason));
     for (name, value) in lines {
         if name == "To" && !value.to_ascii_lowercase().contains(";tag=") {
             out.push_str(&format!("To: {value};tag={}\r\n", new_tag()));
@@ -189,7 +195,7 @@ mod tests {
             ("Call-ID".to_string(), "x".to_string()),
             ("CSeq".to_string(), "1 INVITE".to_string()),
         ];
-        let text = String::from_utf8(bad_request_from_raw(&lines, "Bad CSeq", "gw")).unwrap();
+        let text = String::from_utf8(error_from_raw(400, &lines, "Bad CSeq", "gw")).unwrap();
         assert!(text.starts_with("SIP/2.0 400 Bad CSeq\r\n"));
         assert!(text.contains(";tag="));
     }

@@ -48,6 +48,17 @@ pub enum ParseError {
     Version,
 }
 
+impl ParseError {
+    /// The SIP status code that answers this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            ParseError::TooLarge => 513,
+            ParseError::Version => 505,
+            _ => 400,
+        }
+    }
+}
+
 /// A message that passed the checks, with the raw facts callers need often.
 #[derive(Debug, Clone)]
 pub struct Checked {
@@ -76,10 +87,11 @@ pub struct Refused {
 /// Parses and checks one SIP message (one datagram or one WebSocket message).
 pub fn parse(data: &[u8], max_size: usize) -> Result<Checked, Box<Refused>> {
     parse_inner(data, max_size).map_err(|error| {
-        let reply_headers = if matches!(error, ParseError::TooLarge | ParseError::Empty) {
+        let reply_headers = if matches!(error, ParseError::Empty) {
             None
         } else {
-            reply_headers(data)
+            // Only the head is scanned, so an oversized body costs nothing here.
+            reply_headers(&data[..data.len().min(16 * 1024)])
         };
         Box::new(Refused {
             error,
@@ -291,7 +303,8 @@ fn reply_headers(data: &[u8]) -> Option<Vec<(String, String)>> {
     let text = String::from_utf8_lossy(head);
     let mut lines = text.lines();
     let first = lines.next()?.trim();
-    if first.starts_with("SIP/") || !first.ends_with("SIP/2.0") {
+    let parts: Vec<&str> = first.split_whitespace().collect();
+    if parts.len() != 3 || first.starts_with("SIP/") || !parts[2].starts_with("SIP/") {
         return None;
     }
     let mut out: Vec<(String, String)> = Vec::new();
@@ -351,7 +364,8 @@ mod tests {
     fn too_large() {
         let e = parse(OPTIONS.as_bytes(), 10).unwrap_err();
         assert_eq!(e.error, ParseError::TooLarge);
-        assert!(e.reply_headers.is_none());
+        assert_eq!(e.error.status(), 513);
+        assert!(e.reply_headers.is_some());
     }
 
     #[test]

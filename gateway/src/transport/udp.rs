@@ -69,7 +69,8 @@ pub async fn run(
                 tracing::debug!(%peer, reason = %refused.error, "malformed SIP over UDP");
                 match refused.reply_headers {
                     Some(lines) => {
-                        let reply = sip::bad_request_from_raw(
+                        let reply = sip::error_from_raw(
+                            refused.error.status(),
                             &lines,
                             &refused.error.to_string(),
                             &server_header,

@@ -302,7 +302,7 @@ async fn run_flow<S: AsyncRead + AsyncWrite + Unpin>(
                         tracing::debug!(flow, %peer, reason = %refused.error, "malformed SIP over WebSocket");
                         match refused.reply_headers {
                             Some(lines) => {
-                                let reply = sip::bad_request_from_raw(&lines, &refused.error.to_string(), &settings.server_header);
+                                let reply = sip::error_from_raw(refused.error.status(), &lines, &refused.error.to_string(), &settings.server_header);
                                 if sink.send(frame_for(reply.into())).await.is_err() { break None; }
                             }
                             None => { counters.dropped.fetch_add(1, Ordering::Relaxed); }
