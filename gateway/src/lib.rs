@@ -10,3 +10,4 @@ pub mod server;
 pub mod sip;
 pub mod tls;
 pub mod transport;
+pub mod transaction;
