@@ -62,7 +62,9 @@ impl App {
         if let Some(t) = &self.tls {
             match t.resolver.reload_now() {
                 Ok(outcome) => tracing::info!(?outcome, "certificate reloaded"),
-                Err(e) => tracing::error!(error = %e, "certificate reload failed; keeping the old one"),
+                Err(e) => {
+                    tracing::error!(error = %e, "certificate reload failed; keeping the old one")
+                }
             }
         }
     }

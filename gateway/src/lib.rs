@@ -9,5 +9,5 @@ pub mod responder;
 pub mod server;
 pub mod sip;
 pub mod tls;
-pub mod transport;
 pub mod transaction;
+pub mod transport;

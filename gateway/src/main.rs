@@ -122,8 +122,10 @@ async fn run(config: Config, web_root: Option<PathBuf>) -> ExitCode {
         }
     };
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup()))
-    else {
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
         eprintln!("error: cannot install signal handlers");
         return ExitCode::FAILURE;
     };

@@ -38,7 +38,11 @@ impl Responder {
             .domains
             .iter()
             .chain(local_hosts.iter())
-            .any(|d| d.trim_start_matches('[').trim_end_matches(']').eq_ignore_ascii_case(host))
+            .any(|d| {
+                d.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .eq_ignore_ascii_case(host)
+            })
     }
 }
 
@@ -54,19 +58,25 @@ impl Handler for Responder {
         }
         let (code, reason) = match req.method {
             rsip::Method::Ack => return,
-            rsip::Method::Options if Self::addressed_to_us(&self.config, &req.uri, &local_hosts) => {
+            rsip::Method::Options
+                if Self::addressed_to_us(&self.config, &req.uri, &local_hosts) =>
+            {
                 (200, None)
             }
             _ => (501, Some("Not Implemented")),
         };
         let mut resp = sip::response_to(&req, code, Some(&sip::new_tag()), server);
         if code == 200 {
-            resp.headers.push(rsip::Header::Allow(rsip::headers::Allow::new(ALLOW)));
             resp.headers
-                .push(rsip::Header::Accept(rsip::headers::Accept::new("application/sdp")));
-            resp.headers.push(rsip::Header::Supported(rsip::headers::Supported::new(
-                "path, outbound",
-            )));
+                .push(rsip::Header::Allow(rsip::headers::Allow::new(ALLOW)));
+            resp.headers
+                .push(rsip::Header::Accept(rsip::headers::Accept::new(
+                    "application/sdp",
+                )));
+            resp.headers
+                .push(rsip::Header::Supported(rsip::headers::Supported::new(
+                    "path, outbound",
+                )));
         }
         let bytes = Bytes::from(sip::encode_response(&resp, reason));
         if let Err(e) = self.transports.send(source.reply_to(), bytes) {

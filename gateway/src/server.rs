@@ -70,7 +70,8 @@ impl Server {
             .chain(config.websocket.ws_listen.iter().map(|a| (a, false)))
         {
             let what = if secure { "WSS/HTTPS" } else { "WS/HTTP" };
-            let listener = bind_tcp(addr).map_err(|source| StartError::Bind { addr, what, source })?;
+            let listener =
+                bind_tcp(addr).map_err(|source| StartError::Bind { addr, what, source })?;
             listeners.push((listener, secure));
         }
         let acceptor = match (&tls, listeners.iter().any(|(_, s)| *s)) {

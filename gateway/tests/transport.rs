@@ -54,9 +54,14 @@ async fn upgrade_without_sip_subprotocol_is_refused() {
 async fn upgrade_from_disallowed_origin_is_refused() {
     let gw = TestGateway::start().await;
     assert_eq!(
-        ws_connect(gw.wss(), Some(&gw.ca()), Some("sip"), Some("https://evil.example"))
-            .await
-            .err(),
+        ws_connect(
+            gw.wss(),
+            Some(&gw.ca()),
+            Some("sip"),
+            Some("https://evil.example")
+        )
+        .await
+        .err(),
         Some(403)
     );
     assert_eq!(
@@ -106,7 +111,10 @@ fn answerable_garbage() -> Vec<String> {
         good.replace("Content-Length: 0", "Content-Length: 999"),
         good.replace("Content-Length: 0", "Content-Length: -4"),
         good.replace("Max-Forwards: 70", "Max-Forwards: many"),
-        good.replace("OPTIONS sip:localhost SIP/2.0", "OPTIONS sip:localhost SIP/3.0"),
+        good.replace(
+            "OPTIONS sip:localhost SIP/2.0",
+            "OPTIONS sip:localhost SIP/3.0",
+        ),
         good.replace("OPTIONS sip:localhost", "OPTIONS <<<"),
     ]
 }
@@ -271,7 +279,10 @@ async fn replaced_certificate_is_served_to_next_handshake() {
             let connector = tokio_rustls::TlsConnector::from(client_tls(&ca));
             // Fails (unknown issuer) while the old certificate is still served.
             let tls = connector
-                .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+                .connect(
+                    rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                    tcp,
+                )
                 .await
                 .ok()?;
             Some(tls.get_ref().1.peer_certificates()?[0].to_vec())
@@ -295,5 +306,9 @@ async fn replaced_certificate_is_served_to_next_handshake() {
             break;
         }
     }
-    assert_eq!(served, Some(new_leaf), "new certificate not served after reload");
+    assert_eq!(
+        served,
+        Some(new_leaf),
+        "new certificate not served after reload"
+    );
 }

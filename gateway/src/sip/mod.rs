@@ -44,9 +44,9 @@ pub fn response_to(
     if !server.is_empty() {
         headers.push(rsip::Header::Server(rsip::headers::Server::new(server)));
     }
-    headers.push(rsip::Header::ContentLength(rsip::headers::ContentLength::new(
-        "0",
-    )));
+    headers.push(rsip::Header::ContentLength(
+        rsip::headers::ContentLength::new("0"),
+    ));
     rsip::Response {
         status_code: rsip::StatusCode::from(code),
         wire_reason: None,
@@ -136,9 +136,11 @@ pub fn stamp_via(req: &mut rsip::Request, peer: SocketAddr) -> Result<(), ParseE
         typed
             .params
             .retain(|p| !matches!(p, rsip::Param::Received(_)));
-        typed.params.push(rsip::Param::Received(rsip::param::Received::new(
-            peer.ip().to_string(),
-        )));
+        typed
+            .params
+            .push(rsip::Param::Received(rsip::param::Received::new(
+                peer.ip().to_string(),
+            )));
         changed = true;
     }
     if changed {
@@ -189,7 +191,10 @@ mod tests {
     #[test]
     fn bad_request_from_raw_lines() {
         let lines = vec![
-            ("Via".to_string(), "SIP/2.0/UDP h;branch=z9hG4bKx".to_string()),
+            (
+                "Via".to_string(),
+                "SIP/2.0/UDP h;branch=z9hG4bKx".to_string(),
+            ),
             ("From".to_string(), "<sip:a@b>;tag=1".to_string()),
             ("To".to_string(), "<sip:c@d>".to_string()),
             ("Call-ID".to_string(), "x".to_string()),

@@ -110,7 +110,10 @@ fn parse_inner(data: &[u8], max_size: usize) -> Result<Checked, ParseError> {
         .ok_or(ParseError::Empty)?;
     let data = &data[start..];
     let (head, body) = split_head(data).ok_or(ParseError::NoHeaderEnd)?;
-    if head.iter().any(|&b| b == 0 || (b >= 0x80 && !is_utf8(head))) {
+    if head
+        .iter()
+        .any(|&b| b == 0 || (b >= 0x80 && !is_utf8(head)))
+    {
         return Err(ParseError::BadCharacters);
     }
     let head = normalize_line_endings(head);
@@ -277,7 +280,7 @@ fn check(msg: rsip::SipMessage) -> Result<Checked, ParseError> {
         if let Some(mf) = r
             .headers
             .iter()
-            .find_map(|h| matches!(h, rsip::Header::MaxForwards(_)).then_some(h))
+            .find(|h| matches!(h, rsip::Header::MaxForwards(_)))
         {
             let v = mf.to_string();
             let value = v.split_once(':').map_or("", |(_, v)| v.trim());
@@ -434,7 +437,8 @@ mod tests {
 
     #[test]
     fn real_fixtures_parse() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/sip");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/sip");
         let Ok(entries) = std::fs::read_dir(&dir) else {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),

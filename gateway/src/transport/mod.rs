@@ -301,7 +301,11 @@ impl Transports {
         })
     }
 
-    pub(crate) fn register_flow(&self, peer: SocketAddr, queue: usize) -> (FlowId, mpsc::Receiver<Bytes>) {
+    pub(crate) fn register_flow(
+        &self,
+        peer: SocketAddr,
+        queue: usize,
+    ) -> (FlowId, mpsc::Receiver<Bytes>) {
         let id = self.inner.next_flow.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(queue);
         lock(&self.inner.flows).insert(id, FlowEntry { tx, peer });

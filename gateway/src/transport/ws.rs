@@ -123,11 +123,27 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     {
         Ok(Ok(h)) => h,
         Ok(Err(http::HeadError::TooLarge)) => {
-            let _ = http::respond(&mut stream, 431, "Request Header Fields Too Large", "text/plain", &[], b"request head too large\n").await;
+            let _ = http::respond(
+                &mut stream,
+                431,
+                "Request Header Fields Too Large",
+                "text/plain",
+                &[],
+                b"request head too large\n",
+            )
+            .await;
             return;
         }
         Ok(Err(http::HeadError::Malformed(_))) => {
-            let _ = http::respond(&mut stream, 400, "Bad Request", "text/plain", &[], b"malformed HTTP request\n").await;
+            let _ = http::respond(
+                &mut stream,
+                400,
+                "Bad Request",
+                "text/plain",
+                &[],
+                b"malformed HTTP request\n",
+            )
+            .await;
             return;
         }
         Ok(Err(_)) => return,
@@ -146,7 +162,14 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             tracing::debug!(%peer, status, body, "WebSocket upgrade refused");
             let _ = timeout(
                 Duration::from_secs(1),
-                http::respond(&mut stream, status, reason, "text/plain", &[], body.as_bytes()),
+                http::respond(
+                    &mut stream,
+                    status,
+                    reason,
+                    "text/plain",
+                    &[],
+                    body.as_bytes(),
+                ),
             )
             .await;
             return;
@@ -169,7 +192,8 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             // idle connection is what limits how many browsers one box holds.
             .read_buffer_size(4096)
             .write_buffer_size(0);
-        let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;
+        let ws =
+            WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;
         run_flow(ws, peer, secure, settings, transports, handler).await;
     } else {
         serve_route(&mut stream, &head, &settings).await;
@@ -191,7 +215,9 @@ fn check_upgrade(head: &Head, ws: &config::WebSocket) -> Option<String> {
         return None;
     }
     let key = head.header("sec-websocket-key")?;
-    Some(tungstenite::handshake::derive_accept_key(key.trim().as_bytes()))
+    Some(tungstenite::handshake::derive_accept_key(
+        key.trim().as_bytes(),
+    ))
 }
 
 /// The HTTP answer for a refused upgrade: 403 for an Origin we do not
@@ -204,14 +230,30 @@ fn refusal(head: &Head, ws: &config::WebSocket) -> (u16, &'static str, &'static 
         .tokens("sec-websocket-protocol")
         .any(|p| p.eq_ignore_ascii_case("sip"))
     {
-        return (400, "Bad Request", "the \"sip\" WebSocket subprotocol is required (RFC 7118)\n");
+        return (
+            400,
+            "Bad Request",
+            "the \"sip\" WebSocket subprotocol is required (RFC 7118)\n",
+        );
     }
     (400, "Bad Request", "invalid WebSocket upgrade request\n")
 }
 
-async fn serve_route<S: AsyncWrite + Unpin>(stream: &mut S, head: &Head, settings: &ListenerSettings) {
+async fn serve_route<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    head: &Head,
+    settings: &ListenerSettings,
+) {
     if head.method != "GET" && head.method != "HEAD" {
-        let _ = http::respond(stream, 405, "Method Not Allowed", "text/plain", &[("Allow", "GET, HEAD")], b"method not allowed\n").await;
+        let _ = http::respond(
+            stream,
+            405,
+            "Method Not Allowed",
+            "text/plain",
+            &[("Allow", "GET, HEAD")],
+            b"method not allowed\n",
+        )
+        .await;
         return;
     }
     let path = head.path.split(['?', '#']).next().unwrap_or("/");
@@ -222,7 +264,11 @@ async fn serve_route<S: AsyncWrite + Unpin>(stream: &mut S, head: &Head, setting
     if let Some(root) = &settings.web_root
         && let Some((body, ctype)) = static_file(root, path).await
     {
-        let body = if head.method == "HEAD" { Vec::new() } else { body };
+        let body = if head.method == "HEAD" {
+            Vec::new()
+        } else {
+            body
+        };
         let _ = http::respond(stream, 200, "OK", ctype, &[], &body).await;
         return;
     }
@@ -234,7 +280,10 @@ async fn serve_route<S: AsyncWrite + Unpin>(stream: &mut S, head: &Head, setting
 async fn static_file(root: &std::path::Path, path: &str) -> Option<(Vec<u8>, &'static str)> {
     let rel = path.trim_start_matches('/');
     let rel = if rel.is_empty() { "index.html" } else { rel };
-    if rel.split('/').any(|seg| seg.is_empty() || seg == ".." || seg == "." || seg.contains('\\')) {
+    if rel
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == ".." || seg == "." || seg.contains('\\'))
+    {
         return None;
     }
     let file = root.join(rel);
@@ -326,7 +375,11 @@ async fn run_flow<S: AsyncRead + AsyncWrite + Unpin>(
     };
     transports.unregister_flow(flow);
     if let Some(frame) = close {
-        let _ = timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+        let _ = timeout(
+            Duration::from_secs(1),
+            sink.send(Message::Close(Some(frame))),
+        )
+        .await;
     }
     let _ = timeout(Duration::from_secs(1), sink.close()).await;
     handler.on_flow_closed(flow);
@@ -356,7 +409,10 @@ fn close_for_error(e: &tungstenite::Error) -> Option<CloseFrame> {
             Some(close_frame(CloseCode::Size, "message too big"))
         }
         tungstenite::Error::Capacity(_) => Some(close_frame(CloseCode::Size, "frame too big")),
-        tungstenite::Error::Utf8(_) => Some(close_frame(CloseCode::Invalid, "invalid UTF-8 in text frame")),
+        tungstenite::Error::Utf8(_) => Some(close_frame(
+            CloseCode::Invalid,
+            "invalid UTF-8 in text frame",
+        )),
         tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
         tungstenite::Error::Protocol(_) => Some(close_frame(CloseCode::Protocol, "protocol error")),
         _ => None,

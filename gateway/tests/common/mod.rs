@@ -10,10 +10,10 @@ use rtcgate::app::App;
 use rtcgate::config::Config;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::Message;
-use tokio_tungstenite::WebSocketStream;
 
 /// A gateway on free loopback ports with a dev certificate in a temp dir.
 pub struct TestGateway {
