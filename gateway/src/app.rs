@@ -5,9 +5,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::responder::Responder;
+use crate::proxy::route::Local;
+use crate::proxy::routing::StaticRouter;
+use crate::proxy::{Proxy, ProxyConfig, shell};
 use crate::server::{Server, StartError};
 use crate::tls::{self, TlsError, TlsSetup};
+use crate::transaction::{TimerConfig, TransactionConfig};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +50,35 @@ impl App {
             &config,
             tls.as_ref().map(|t| t.server_config.clone()),
             web_root,
-            move |transports| Arc::new(Responder::new(transports, cfg)),
+            move |transports, bound| {
+                let local = Local {
+                    udp: bound.udp.clone(),
+                    wss: bound.wss.clone(),
+                    ws: bound.ws.clone(),
+                    advertised_host: cfg.sip.advertised_host.clone(),
+                    domains: cfg.general.domains.clone(),
+                };
+                let timers = TimerConfig {
+                    t1: std::time::Duration::from_millis(cfg.sip.t1_ms),
+                    t2: std::time::Duration::from_millis(cfg.sip.t2_ms),
+                    t4: std::time::Duration::from_millis(cfg.sip.t4_ms),
+                    ..TimerConfig::default()
+                };
+                let proxy = Proxy::new(
+                    ProxyConfig {
+                        server_header: cfg.general.server_header.clone(),
+                        transactions: TransactionConfig {
+                            timers,
+                            ..TransactionConfig::default()
+                        },
+                    },
+                    local,
+                    Arc::new(StaticRouter::new(cfg.routes.clone(), None)),
+                    None,
+                    Arc::new(transports.clone()),
+                );
+                shell::spawn(proxy, transports)
+            },
         )
         .await?;
         Ok(Self {

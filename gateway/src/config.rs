@@ -58,6 +58,20 @@ pub struct Config {
     pub websocket: WebSocket,
     /// TLS certificate for WSS and HTTPS.
     pub tls: Tls,
+    /// Static routes for initial requests to users that are not registered
+    /// here, first match wins (`[[routes]]`).
+    pub routes: Vec<StaticRoute>,
+}
+
+/// A static route: calls whose user part starts with `prefix` go to
+/// `destination` over UDP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticRoute {
+    /// User-part prefix ("1" matches 1000, 1999...).
+    pub prefix: String,
+    /// The PBX's UDP address.
+    pub destination: SocketAddr,
 }
 
 /// Identity of this node.

@@ -29,6 +29,17 @@ pub enum StartError {
     NoTls,
 }
 
+/// The addresses actually bound (ports resolved).
+#[derive(Debug, Clone, Default)]
+pub struct Bound {
+    /// UDP sockets.
+    pub udp: Vec<SocketAddr>,
+    /// WSS listeners.
+    pub wss: Vec<SocketAddr>,
+    /// Plain WS listeners.
+    pub ws: Vec<SocketAddr>,
+}
+
 /// A running set of listeners.
 pub struct Server {
     /// Bound UDP addresses (ports resolved when 0 was asked for).
@@ -49,7 +60,7 @@ impl Server {
         config: &Config,
         tls: Option<Arc<rustls::ServerConfig>>,
         web_root: Option<PathBuf>,
-        make_handler: impl FnOnce(Transports) -> Arc<dyn Handler>,
+        make_handler: impl FnOnce(Transports, &Bound) -> Arc<dyn Handler>,
     ) -> Result<Self, StartError> {
         let transports = Transports::new();
         let mut udp_sockets = Vec::new();
@@ -83,7 +94,23 @@ impl Server {
         for s in &udp_sockets {
             transports.add_udp(s.clone());
         }
-        let handler = make_handler(transports.clone());
+        let bound = Bound {
+            udp: udp_sockets
+                .iter()
+                .filter_map(|s| s.local_addr().ok())
+                .collect(),
+            wss: listeners
+                .iter()
+                .filter(|(_, s)| *s)
+                .filter_map(|(l, _)| l.local_addr().ok())
+                .collect(),
+            ws: listeners
+                .iter()
+                .filter(|(_, s)| !*s)
+                .filter_map(|(l, _)| l.local_addr().ok())
+                .collect(),
+        };
+        let handler = make_handler(transports.clone(), &bound);
         let settings = Arc::new(ws::ListenerSettings {
             ws: config.websocket.clone(),
             server_header: config.general.server_header.clone(),

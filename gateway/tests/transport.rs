@@ -95,12 +95,14 @@ async fn crlf_keepalive_gets_crlf() {
 }
 
 #[tokio::test]
-async fn other_requests_get_501_for_now() {
+async fn other_methods_for_rtcgate_itself_get_405() {
     let gw = TestGateway::start().await;
     let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
     let msg = options("WS", "m1", "localhost").replace("OPTIONS", "MESSAGE");
     ws_send(&mut ws, &msg).await;
-    assert!(ws_recv(&mut ws).await.starts_with("SIP/2.0 501 "));
+    let resp = ws_recv(&mut ws).await;
+    assert!(resp.starts_with("SIP/2.0 405 "), "{resp}");
+    assert!(resp.contains("Allow: "));
 }
 
 /// Malformed messages that still carry what a response needs.

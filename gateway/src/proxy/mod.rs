@@ -1,0 +1,936 @@
+//! The stateful proxy (RFC 3261 §16), sans-IO: requests and responses go
+//! in with `now`, bytes to send come out. The transaction layer underneath
+//! absorbs retransmissions and runs the timers; this layer decides where
+//! requests go, keeps rtcgate in the path with Record-Route, forks, picks
+//! the best final response and cancels what is no longer wanted.
+
+pub mod route;
+pub mod routing;
+pub mod shell;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::rsip::{self, prelude::*};
+use crate::sip::Checked;
+use crate::transaction::{
+    self, CancelTarget, ClientKey, Output, RequestDisposition, ResponseDisposition, ServerKey,
+    TransactionConfig, TransactionKey, TransactionLayer,
+};
+use crate::transport::{Destination, FlowId, Kind, Source};
+
+use route::{Keyed, Local};
+use routing::{Decision, Router, Target};
+
+/// Answers REGISTER requests addressed to rtcgate (the registrar plugs in here).
+pub trait Registrar: Send + Sync {
+    /// The response to a REGISTER received from `source`.
+    fn register(&self, req: &rsip::Request, source: &Source, now: Instant) -> rsip::Response;
+}
+
+/// Tells the proxy whether a WebSocket flow is still open.
+pub trait Flows: Send + Sync {
+    /// Whether the flow is open.
+    fn alive(&self, flow: FlowId) -> bool;
+}
+
+impl Flows for crate::transport::Transports {
+    fn alive(&self, flow: FlowId) -> bool {
+        self.flow_alive(flow)
+    }
+}
+
+/// Settings of the proxy core.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Value of the Server header in responses rtcgate creates.
+    pub server_header: String,
+    /// Transaction timers and limits.
+    pub transactions: TransactionConfig,
+}
+
+/// One client branch of a forwarded request.
+struct Branch {
+    key: Option<ClientKey>,
+    dest: Destination,
+    /// The request as forwarded (for CANCEL).
+    request: rsip::Request,
+    provisional: bool,
+    done: bool,
+    cancel_on_provisional: bool,
+}
+
+/// The state of one forwarded request (one server transaction).
+struct Forward {
+    source: Source,
+    method: rsip::Method,
+    request: rsip::Request,
+    branches: Vec<Branch>,
+    best: Option<rsip::Response>,
+    final_sent: bool,
+}
+
+/// Counters the proxy keeps.
+#[derive(Debug, Default, Clone)]
+pub struct ProxyStats {
+    /// Requests forwarded (per branch).
+    pub forwarded: u64,
+    /// Responses rtcgate generated itself, by class (index 1..=6).
+    pub local_responses: [u64; 7],
+    /// Loops detected (482).
+    pub loops: u64,
+}
+
+/// The proxy core.
+pub struct Proxy {
+    txns: TransactionLayer<Destination>,
+    local: Local,
+    keyed: Keyed,
+    router: Arc<dyn Router>,
+    registrar: Option<Arc<dyn Registrar>>,
+    flows: Arc<dyn Flows>,
+    server_header: String,
+    forwards: HashMap<ServerKey, Forward>,
+    owners: HashMap<ClientKey, (ServerKey, usize)>,
+    sends: VecDeque<(Destination, Bytes)>,
+    seq: u64,
+    stats: ProxyStats,
+}
+
+/// What the shell must send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Where.
+    pub dest: Destination,
+    /// The bytes.
+    pub data: Bytes,
+}
+
+impl Proxy {
+    /// A proxy for the given local addresses, router and flow view.
+    pub fn new(
+        config: ProxyConfig,
+        local: Local,
+        router: Arc<dyn Router>,
+        registrar: Option<Arc<dyn Registrar>>,
+        flows: Arc<dyn Flows>,
+    ) -> Self {
+        Self {
+            txns: TransactionLayer::new(config.transactions),
+            local,
+            keyed: Keyed::default(),
+            router,
+            registrar,
+            flows,
+            server_header: config.server_header,
+            forwards: HashMap::new(),
+            owners: HashMap::new(),
+            sends: VecDeque::new(),
+            seq: 0,
+            stats: ProxyStats::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ProxyStats {
+        &self.stats
+    }
+
+    /// Number of live transactions (for tests and metrics).
+    pub fn transactions(&self) -> usize {
+        self.txns.len()
+    }
+
+    /// The earliest time `handle_timeout` must be called.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.txns.poll_timeout()
+    }
+
+    /// Runs due timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.txns.handle_timeout(now);
+        self.drain(now);
+    }
+
+    /// The next message to send.
+    pub fn poll_send(&mut self) -> Option<Outgoing> {
+        self.sends
+            .pop_front()
+            .map(|(dest, data)| Outgoing { dest, data })
+    }
+
+    /// A flow closed: branches waiting on it fail now instead of at timer B.
+    pub fn flow_closed(&mut self, now: Instant, flow: FlowId) {
+        let keys: Vec<ClientKey> = self
+            .forwards
+            .values()
+            .flat_map(|f| f.branches.iter())
+            .filter(|b| !b.done && b.dest == Destination::Flow(flow))
+            .filter_map(|b| b.key)
+            .collect();
+        for k in keys {
+            self.txns.handle_transport_error(k);
+        }
+        self.drain(now);
+    }
+
+    /// A checked message from a transport.
+    pub fn handle_message(&mut self, now: Instant, source: Source, msg: Checked) {
+        match msg.msg {
+            rsip::SipMessage::Request(req) => self.on_request(now, source, req),
+            rsip::SipMessage::Response(resp) => self.on_response(now, resp),
+        }
+        self.drain(now);
+    }
+
+    fn on_request(&mut self, now: Instant, source: Source, mut req: rsip::Request) {
+        let _ = crate::sip::stamp_via(&mut req, source.peer());
+        let disposition = match self.txns.handle_request(
+            now,
+            req.clone(),
+            source.reply_to(),
+            source.kind().reliable(),
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(error = %e, "request refused by the transaction layer");
+                if req.method != rsip::Method::Ack {
+                    self.reply_stateless(&req, source, 400, Some("Bad Request"));
+                }
+                return;
+            }
+        };
+        match disposition {
+            RequestDisposition::New { key, request } => {
+                self.on_new_request(now, key, source, request)
+            }
+            RequestDisposition::Cancel {
+                key,
+                request,
+                target,
+            } => {
+                let code = if matches!(target, CancelTarget::NoMatch) {
+                    481
+                } else {
+                    200
+                };
+                self.reply(now, key, &request, code, None);
+                if let CancelTarget::Pending(invite) = target {
+                    self.cancel_branches(now, invite, None);
+                }
+            }
+            RequestDisposition::Absorbed(_) => {}
+            RequestDisposition::StrayAck { request, .. } => self.forward_stateless(source, request),
+        }
+    }
+
+    fn on_new_request(&mut self, now: Instant, key: ServerKey, source: Source, req: rsip::Request) {
+        let max_forwards = max_forwards(&req);
+        let to_tag = tag_of_header(&req, |h| matches!(h, rsip::Header::To(_)));
+        if max_forwards == Some(0) {
+            let code = if req.method == rsip::Method::Options {
+                200
+            } else {
+                483
+            };
+            self.reply(now, key, &req, code, None);
+            return;
+        }
+        if self.is_loop(&req) {
+            self.stats.loops += 1;
+            self.reply(now, key, &req, 482, None);
+            return;
+        }
+        // Route processing (§16.4): pop our own entries; the last one popped
+        // faces the next hop.
+        let mut routes = route::routes(&req);
+        let mut next_flow: Option<Option<FlowId>> = None;
+        while let Some(first) = routes.first() {
+            let Some(f) = route::uri_facts(route::uri_of(first)) else {
+                break;
+            };
+            if !self.local.is_me(&f.host, f.port) {
+                break;
+            }
+            next_flow = Some(
+                f.user
+                    .as_deref()
+                    .and_then(|u| self.keyed.parse_flow_token(u)),
+            );
+            routes.remove(0);
+        }
+
+        let target: Result<Vec<Target>, (u16, &'static str)> = if let Some(first) = routes.first() {
+            // Loose routing toward the next proxy in the route set.
+            match route::uri_facts(route::uri_of(first)) {
+                Some(f) => routing::resolve(&f).map(|(dest, kind)| {
+                    vec![Target {
+                        uri: req.uri.clone(),
+                        dest,
+                        kind,
+                    }]
+                }),
+                None => Err((400, "Bad Route Header")),
+            }
+        } else if let Some(Some(flow)) = next_flow {
+            self.flow_target(&req, flow)
+        } else if to_tag.is_some() || next_flow.is_some() {
+            // In dialog: the Request-URI is the remote target.
+            let facts = route::facts_of(&req.uri);
+            if self.local.is_me(&facts.host, facts.port) && facts.user.is_none() {
+                self.local_request(now, key, source, &req);
+                return;
+            }
+            routing::resolve(&facts).map(|(dest, kind)| {
+                vec![Target {
+                    uri: req.uri.clone(),
+                    dest,
+                    kind,
+                }]
+            })
+        } else {
+            let facts = route::facts_of(&req.uri);
+            if !self.local.is_our_domain(&facts.host) {
+                Err((403, "Relay Denied"))
+            } else if facts.user.is_none() || req.method == rsip::Method::Register {
+                self.local_request(now, key, source, &req);
+                return;
+            } else {
+                match self.router.route(&req, &facts, &source) {
+                    Decision::Forward(t) if !t.is_empty() => Ok(t),
+                    Decision::Forward(_) => Err((480, "Temporarily Unavailable")),
+                    Decision::Reject(code, reason) => Err((code, reason)),
+                }
+            }
+        };
+        match target {
+            Ok(targets) => self.forward(now, key, source, req, routes, targets, to_tag.is_none()),
+            Err((code, reason)) => self.reply(now, key, &req, code, Some(reason)),
+        }
+    }
+
+    fn flow_target(
+        &self,
+        req: &rsip::Request,
+        flow: FlowId,
+    ) -> Result<Vec<Target>, (u16, &'static str)> {
+        if !self.flows.alive(flow) {
+            return Err((430, "Flow Failed"));
+        }
+        Ok(vec![Target {
+            uri: req.uri.clone(),
+            dest: Destination::Flow(flow),
+            kind: Kind::Ws,
+        }])
+    }
+
+    /// Requests for rtcgate itself: OPTIONS (keepalive/health) and REGISTER.
+    fn local_request(&mut self, now: Instant, key: ServerKey, source: Source, req: &rsip::Request) {
+        match req.method {
+            rsip::Method::Options => {
+                let mut resp =
+                    transaction::make_response(req, 200, None, Some(&crate::sip::new_tag()));
+                resp.headers
+                    .push(rsip::Header::Allow(rsip::headers::Allow::new(
+                        crate::responder::ALLOW,
+                    )));
+                resp.headers
+                    .push(rsip::Header::Accept(rsip::headers::Accept::new(
+                        "application/sdp",
+                    )));
+                self.send_final(now, key, resp);
+            }
+            rsip::Method::Register => match &self.registrar {
+                Some(r) => {
+                    let resp = r.register(req, &source, now);
+                    self.send_final(now, key, resp);
+                }
+                None => self.reply(now, key, req, 501, Some("Registrar Not Enabled")),
+            },
+            _ => {
+                let mut resp =
+                    transaction::make_response(req, 405, None, Some(&crate::sip::new_tag()));
+                resp.headers
+                    .push(rsip::Header::Allow(rsip::headers::Allow::new(
+                        crate::responder::ALLOW,
+                    )));
+                self.send_final(now, key, resp);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &mut self,
+        now: Instant,
+        key: ServerKey,
+        source: Source,
+        req: rsip::Request,
+        routes: Vec<String>,
+        targets: Vec<Target>,
+        initial: bool,
+    ) {
+        let record_route = initial
+            && matches!(
+                req.method,
+                rsip::Method::Invite | rsip::Method::Subscribe | rsip::Method::Refer
+            );
+        let loop_part = self.loop_hash(&req);
+        let mut fwd = Forward {
+            source,
+            method: req.method,
+            request: req.clone(),
+            branches: Vec::new(),
+            best: None,
+            final_sent: false,
+        };
+        for target in targets {
+            if let Destination::Flow(f) = target.dest
+                && !self.flows.alive(f)
+            {
+                continue;
+            }
+            let mut out = req.clone();
+            out.uri = target.uri.clone();
+            route::set_routes(&mut out, &routes);
+            set_max_forwards(&mut out);
+            if record_route {
+                self.add_record_routes(&mut out, &source, &target);
+            }
+            self.seq += 1;
+            let branch = format!("z9hG4bK.rg{loop_part}.{:x}", self.seq);
+            let toward = match target.dest {
+                Destination::Udp(a) => Some(a),
+                Destination::Flow(_) => None,
+            };
+            let mut via = format!(
+                "SIP/2.0/{} {};branch={branch}",
+                target.kind.via_token(),
+                self.local.sent_by(target.kind, toward)
+            );
+            if target.kind == Kind::Udp {
+                via.push_str(";rport");
+            }
+            if let Source::Ws { flow, .. } = source {
+                via.push_str(";fl=");
+                via.push_str(&self.keyed.flow_token(flow));
+            }
+            out.headers
+                .push_front(rsip::Header::Via(rsip::headers::Via::new(via)));
+            match self
+                .txns
+                .send_request(now, out.clone(), target.dest, target.kind.reliable())
+            {
+                Ok(ck) => {
+                    self.owners.insert(ck, (key, fwd.branches.len()));
+                    fwd.branches.push(Branch {
+                        key: Some(ck),
+                        dest: target.dest,
+                        request: out,
+                        provisional: false,
+                        done: false,
+                        cancel_on_provisional: false,
+                    });
+                    self.stats.forwarded += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create client transaction");
+                }
+            }
+        }
+        if fwd.branches.is_empty() {
+            let (code, reason) = if self.txns.len() >= self.txns.config().max_transactions {
+                (503, "Overloaded")
+            } else {
+                (430, "Flow Failed")
+            };
+            self.reply(now, key, &req, code, Some(reason));
+            return;
+        }
+        self.forwards.insert(key, fwd);
+    }
+
+    fn add_record_routes(&self, out: &mut rsip::Request, source: &Source, target: &Target) {
+        let inbound_token = match source {
+            Source::Ws { flow, .. } => Some(self.keyed.flow_token(*flow)),
+            Source::Udp { .. } => None,
+        };
+        let outbound_token = match target.dest {
+            Destination::Flow(f) => Some(self.keyed.flow_token(f)),
+            Destination::Udp(_) => None,
+        };
+        let toward = match target.dest {
+            Destination::Udp(a) => Some(a),
+            Destination::Flow(_) => None,
+        };
+        let outbound = route::record_route_entry(
+            &self.local.sent_by(target.kind, toward),
+            target.kind,
+            outbound_token.as_deref(),
+        );
+        let inbound = route::record_route_entry(
+            &self.local.sent_by(source.kind(), Some(source.peer())),
+            source.kind(),
+            inbound_token.as_deref(),
+        );
+        // push_front twice: the outbound-facing entry ends up on top.
+        out.headers
+            .push_front(rsip::Header::RecordRoute(rsip::headers::RecordRoute::new(
+                inbound,
+            )));
+        out.headers
+            .push_front(rsip::Header::RecordRoute(rsip::headers::RecordRoute::new(
+                outbound,
+            )));
+    }
+
+    /// Forwards a request outside any transaction (the ACK for a 2xx).
+    fn forward_stateless(&mut self, source: Source, mut req: rsip::Request) {
+        if max_forwards(&req) == Some(0) {
+            return;
+        }
+        let mut routes = route::routes(&req);
+        let mut next_flow = None;
+        while let Some(first) = routes.first() {
+            let Some(f) = route::uri_facts(route::uri_of(first)) else {
+                break;
+            };
+            if !self.local.is_me(&f.host, f.port) {
+                break;
+            }
+            next_flow = f
+                .user
+                .as_deref()
+                .and_then(|u| self.keyed.parse_flow_token(u));
+            routes.remove(0);
+        }
+        let dest = if let Some(first) = routes.first() {
+            route::uri_facts(route::uri_of(first)).and_then(|f| routing::resolve(&f).ok())
+        } else if let Some(flow) = next_flow {
+            Some((Destination::Flow(flow), Kind::Ws))
+        } else {
+            routing::resolve(&route::facts_of(&req.uri)).ok()
+        };
+        let Some((dest, kind)) = dest else {
+            tracing::debug!(method = %req.method, "stateless request has no route; dropped");
+            return;
+        };
+        route::set_routes(&mut req, &routes);
+        set_max_forwards(&mut req);
+        self.seq += 1;
+        let toward = match dest {
+            Destination::Udp(a) => Some(a),
+            Destination::Flow(_) => None,
+        };
+        let mut via = format!(
+            "SIP/2.0/{} {};branch=z9hG4bK.rs{}.{:x}",
+            kind.via_token(),
+            self.local.sent_by(kind, toward),
+            self.loop_hash(&req),
+            self.seq
+        );
+        if let Source::Ws { flow, .. } = source {
+            via.push_str(";fl=");
+            via.push_str(&self.keyed.flow_token(flow));
+        }
+        req.headers
+            .push_front(rsip::Header::Via(rsip::headers::Via::new(via)));
+        self.sends
+            .push_back((dest, transaction::encode_request(&req)));
+    }
+
+    fn on_response(&mut self, now: Instant, resp: rsip::Response) {
+        match self.txns.handle_response(now, resp) {
+            Ok(ResponseDisposition::Deliver { key, response }) => {
+                self.on_branch_response(now, key, response)
+            }
+            Ok(ResponseDisposition::Forward2xx { key, response }) => {
+                let dest = self
+                    .owners
+                    .get(&key)
+                    .and_then(|(s, _)| self.forwards.get(s))
+                    .map(|f| f.source.reply_to());
+                match dest {
+                    Some(d) => {
+                        if let Some(r) = pop_via(response) {
+                            self.sends.push_back((d, transaction::encode_response(&r)));
+                        }
+                    }
+                    None => self.forward_response_stateless(response),
+                }
+            }
+            Ok(ResponseDisposition::Absorbed(_)) => {}
+            Ok(ResponseDisposition::Stray(response)) => self.forward_response_stateless(response),
+            Err(e) => tracing::debug!(error = %e, "response refused by the transaction layer"),
+        }
+    }
+
+    /// §16.11: a response with no transaction goes to the next Via.
+    fn forward_response_stateless(&mut self, resp: rsip::Response) {
+        let Some(top) = first_via(&resp.headers) else {
+            return;
+        };
+        let Ok(typed) = rsip::headers::Via::new(top.clone()).typed() else {
+            return;
+        };
+        let host = typed.uri.host_with_port.host.to_string();
+        if !self
+            .local
+            .is_me(&host, typed.uri.host_with_port.port.map(|p| p.value()))
+        {
+            return;
+        }
+        let flow = typed.params.iter().find_map(|p| match p {
+            rsip::Param::Other(n, Some(v)) if n.to_string().eq_ignore_ascii_case("fl") => {
+                self.keyed.parse_flow_token(&v.to_string())
+            }
+            _ => None,
+        });
+        let Some(resp) = pop_via(resp) else {
+            return;
+        };
+        let dest = match flow {
+            Some(f) => Some(Destination::Flow(f)),
+            None => first_via(&resp.headers).and_then(|v| via_destination(&v)),
+        };
+        if let Some(d) = dest {
+            self.sends
+                .push_back((d, transaction::encode_response(&resp)));
+        }
+    }
+
+    fn on_branch_response(&mut self, now: Instant, key: ClientKey, resp: rsip::Response) {
+        let Some(&(skey, idx)) = self.owners.get(&key) else {
+            return;
+        };
+        let Some(resp) = pop_via(resp) else {
+            return;
+        };
+        let code = resp.status_code.code();
+        let mut cancel_now = None;
+        let Some(fwd) = self.forwards.get_mut(&skey) else {
+            return;
+        };
+        if let Some(b) = fwd.branches.get_mut(idx) {
+            if code < 200 {
+                if !b.provisional && b.cancel_on_provisional {
+                    cancel_now = Some(b.request.clone());
+                }
+                b.provisional = true;
+            } else {
+                b.done = true;
+            }
+        }
+        if let Some(original) = cancel_now
+            && let Some(dest) = fwd.branches.get(idx).map(|b| b.dest)
+        {
+            self.send_cancel(now, &original, dest);
+        }
+        let Some(fwd) = self.forwards.get_mut(&skey) else {
+            return;
+        };
+        match code {
+            100 => {}
+            101..=199 => {
+                if !fwd.final_sent {
+                    let _ = self.txns.send_response(now, &skey, &resp);
+                }
+            }
+            200..=299 => {
+                // Every 2xx goes upstream, even after another branch's 2xx
+                // (§16.7 step 5).
+                fwd.final_sent = true;
+                let is_invite = fwd.method == rsip::Method::Invite;
+                let _ = self.txns.send_response(now, &skey, &resp);
+                if is_invite {
+                    self.cancel_branches(now, skey, Some(idx));
+                }
+            }
+            _ => {
+                let better = fwd
+                    .best
+                    .as_ref()
+                    .is_none_or(|b| rank(code) < rank(b.status_code.code()));
+                if better {
+                    fwd.best = Some(resp);
+                }
+                self.maybe_send_best(now, skey);
+            }
+        }
+    }
+
+    fn maybe_send_best(&mut self, now: Instant, skey: ServerKey) {
+        let Some(fwd) = self.forwards.get_mut(&skey) else {
+            return;
+        };
+        if fwd.final_sent || fwd.branches.iter().any(|b| !b.done) {
+            return;
+        }
+        fwd.final_sent = true;
+        let best = fwd.best.take().unwrap_or_else(|| {
+            transaction::make_response(&fwd.request, 408, None, Some(&crate::sip::new_tag()))
+        });
+        let _ = self.txns.send_response(now, &skey, &best);
+    }
+
+    /// Cancels the pending branches of an INVITE (all, or all but `except`).
+    fn cancel_branches(&mut self, now: Instant, skey: ServerKey, except: Option<usize>) {
+        let Some(fwd) = self.forwards.get_mut(&skey) else {
+            return;
+        };
+        let mut to_cancel = Vec::new();
+        for (i, b) in fwd.branches.iter_mut().enumerate() {
+            if Some(i) == except || b.done {
+                continue;
+            }
+            if b.provisional {
+                to_cancel.push((b.request.clone(), b.dest));
+            } else {
+                // §9.1: no CANCEL before a provisional; send it when one comes.
+                b.cancel_on_provisional = true;
+            }
+        }
+        for (req, dest) in to_cancel {
+            self.send_cancel(now, &req, dest);
+        }
+    }
+
+    fn send_cancel(&mut self, now: Instant, original: &rsip::Request, dest: Destination) {
+        if let Ok(cancel) = transaction::build_cancel(original) {
+            let reliable = matches!(dest, Destination::Flow(_));
+            if let Err(e) = self.txns.send_request(now, cancel, dest, reliable) {
+                tracing::debug!(error = %e, "cannot send CANCEL");
+            }
+        }
+    }
+
+    /// Handles the transaction layer's outputs.
+    fn drain(&mut self, now: Instant) {
+        while let Some(out) = self.txns.poll_output() {
+            match out {
+                Output::Transmit(t) => self.sends.push_back((t.to, t.data)),
+                Output::Timeout(ck) => {
+                    if let Some(req) = self.branch_request(ck) {
+                        let resp = transaction::make_response(
+                            &req,
+                            408,
+                            None,
+                            Some(&crate::sip::new_tag()),
+                        );
+                        // Pretend the 408 arrived on the branch; pop_via
+                        // expects our Via on top, and the branch request has it.
+                        self.on_branch_response(now, ck, resp);
+                    }
+                }
+                Output::TimerC(ck) => {
+                    let branch = self
+                        .owners
+                        .get(&ck)
+                        .and_then(|(s, i)| self.forwards.get(s).and_then(|f| f.branches.get(*i)))
+                        .map(|b| (b.provisional, b.request.clone(), b.dest));
+                    match branch {
+                        Some((true, req, dest)) => self.send_cancel(now, &req, dest),
+                        Some((false, req, _)) => {
+                            let resp = transaction::make_response(
+                                &req,
+                                408,
+                                None,
+                                Some(&crate::sip::new_tag()),
+                            );
+                            self.on_branch_response(now, ck, resp);
+                        }
+                        None => {}
+                    }
+                }
+                Output::AckTimeout(_) => {}
+                Output::Terminated(TransactionKey::Client(ck)) => {
+                    self.owners.remove(&ck);
+                }
+                Output::Terminated(TransactionKey::Server(sk)) => {
+                    if let Some(fwd) = self.forwards.remove(&sk) {
+                        for b in fwd.branches {
+                            if let Some(k) = b.key {
+                                self.owners.remove(&k);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn branch_request(&self, ck: ClientKey) -> Option<rsip::Request> {
+        let (s, i) = self.owners.get(&ck)?;
+        Some(self.forwards.get(s)?.branches.get(*i)?.request.clone())
+    }
+
+    fn reply(
+        &mut self,
+        now: Instant,
+        key: ServerKey,
+        req: &rsip::Request,
+        code: u16,
+        reason: Option<&str>,
+    ) {
+        let tag = crate::sip::new_tag();
+        let resp = transaction::make_response(req, code, reason, Some(&tag));
+        self.send_final(now, key, resp);
+    }
+
+    fn send_final(&mut self, now: Instant, key: ServerKey, mut resp: rsip::Response) {
+        let class = (resp.status_code.code() / 100) as usize;
+        if let Some(c) = self.stats.local_responses.get_mut(class) {
+            *c += 1;
+        }
+        if !self.server_header.is_empty() {
+            resp.headers
+                .push(rsip::Header::Server(rsip::headers::Server::new(
+                    self.server_header.clone(),
+                )));
+        }
+        if let Err(e) = self.txns.send_response(now, &key, &resp) {
+            tracing::debug!(error = %e, "cannot send response");
+        }
+    }
+
+    fn reply_stateless(
+        &mut self,
+        req: &rsip::Request,
+        source: Source,
+        code: u16,
+        reason: Option<&str>,
+    ) {
+        let resp = transaction::make_response(req, code, reason, Some(&crate::sip::new_tag()));
+        self.sends
+            .push_back((source.reply_to(), transaction::encode_response(&resp)));
+    }
+
+    fn loop_hash(&self, req: &rsip::Request) -> String {
+        let from = tag_of_header(req, |h| matches!(h, rsip::Header::From(_))).unwrap_or_default();
+        let to = tag_of_header(req, |h| matches!(h, rsip::Header::To(_))).unwrap_or_default();
+        let call_id = req
+            .headers
+            .iter()
+            .find_map(|h| match h {
+                rsip::Header::CallId(c) => Some(c.value().trim().to_owned()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let cseq = req
+            .headers
+            .iter()
+            .find_map(|h| match h {
+                rsip::Header::CSeq(c) => Some(c.value().trim().to_owned()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let uri = req.uri.to_string();
+        self.keyed.loop_hash(&[&uri, &from, &to, &call_id, &cseq])
+    }
+
+    /// §16.3 step 4: a Via of ours whose branch carries this request's hash.
+    fn is_loop(&self, req: &rsip::Request) -> bool {
+        let mine = format!("z9hG4bK.rg{}.", self.loop_hash(req));
+        req.headers.iter().any(|h| match h {
+            rsip::Header::Via(v) => route::split_list(v.value())
+                .iter()
+                .any(|one| one.contains(&mine)),
+            _ => false,
+        })
+    }
+}
+
+/// The class rank for choosing the best final response (§16.7 step 6):
+/// 6xx first, then the lowest class.
+fn rank(code: u16) -> u16 {
+    if code >= 600 { 0 } else { code / 100 }
+}
+
+fn max_forwards(req: &rsip::Request) -> Option<u32> {
+    req.headers.iter().find_map(|h| match h {
+        rsip::Header::MaxForwards(m) => m.value().trim().parse().ok(),
+        _ => None,
+    })
+}
+
+fn set_max_forwards(req: &mut rsip::Request) {
+    let next = max_forwards(req).map_or(70, |m| m.saturating_sub(1));
+    req.headers
+        .retain(|h| !matches!(h, rsip::Header::MaxForwards(_)));
+    req.headers
+        .push(rsip::Header::MaxForwards(rsip::headers::MaxForwards::new(
+            next.to_string(),
+        )));
+}
+
+/// The `tag` parameter of the first header matching `which`.
+fn tag_of_header(req: &rsip::Request, which: impl Fn(&rsip::Header) -> bool) -> Option<String> {
+    let h = req.headers.iter().find(|h| which(h))?;
+    let text = h.to_string();
+    let value = text.split_once(':').map_or("", |(_, v)| v);
+    // Parameters after the URI (outside <>).
+    let after = match value.rfind('>') {
+        Some(i) => &value[i + 1..],
+        None => value,
+    };
+    after.split(';').find_map(|p| {
+        let (n, v) = p.split_once('=')?;
+        n.trim()
+            .eq_ignore_ascii_case("tag")
+            .then(|| v.trim().to_owned())
+    })
+}
+
+/// The first Via value of a message (splitting a comma-joined header).
+fn first_via(headers: &rsip::Headers) -> Option<String> {
+    headers.iter().find_map(|h| match h {
+        rsip::Header::Via(v) => route::split_list(v.value()).into_iter().next(),
+        _ => None,
+    })
+}
+
+/// Removes the top Via value (ours) from a response.
+fn pop_via(mut resp: rsip::Response) -> Option<rsip::Response> {
+    let pos = resp
+        .headers
+        .iter()
+        .position(|h| matches!(h, rsip::Header::Via(_)))?;
+    let mut rebuilt = rsip::Headers::default();
+    for (i, h) in resp.headers.iter().enumerate() {
+        if i == pos {
+            if let rsip::Header::Via(v) = h {
+                let rest = route::split_list(v.value());
+                if rest.len() > 1 {
+                    rebuilt.push(rsip::Header::Via(rsip::headers::Via::new(
+                        rest[1..].join(", "),
+                    )));
+                }
+            }
+            continue;
+        }
+        rebuilt.push(h.clone());
+    }
+    resp.headers = rebuilt;
+    Some(resp)
+}
+
+/// Where a response goes according to a Via (received/rport, else sent-by).
+fn via_destination(via: &str) -> Option<Destination> {
+    let typed = rsip::headers::Via::new(via.to_owned()).typed().ok()?;
+    let ip = typed
+        .received()
+        .and_then(|r| r.ok())
+        .or(match &typed.uri.host_with_port.host {
+            rsip::Host::IpAddr(ip) => Some(*ip),
+            rsip::Host::Domain(_) => None,
+        })?;
+    let port = typed
+        .rport()
+        .flatten()
+        .or(typed.uri.host_with_port.port.map(|p| p.value()))
+        .unwrap_or(5060);
+    Some(Destination::Udp(std::net::SocketAddr::new(ip, port)))
+}

@@ -1,0 +1,144 @@
+//! Where an initial request goes: the one small interface the registrar
+//! (location lookup) and PBX routing plug into. For now a static table from
+//! the configuration plus registered WebSocket flows.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::config::StaticRoute;
+use crate::rsip;
+use crate::transport::{Destination, FlowId, Kind, Source};
+
+use super::route::UriFacts;
+
+/// One place to send a request.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The Request-URI to send.
+    pub uri: rsip::Uri,
+    /// Where the bytes go.
+    pub dest: Destination,
+    /// The transport, for Via and Record-Route.
+    pub kind: Kind,
+}
+
+/// The router's answer.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Fork to these targets in parallel (one for most calls).
+    Forward(Vec<Target>),
+    /// Answer the request with this status and reason.
+    Reject(u16, &'static str),
+}
+
+/// A registered contact reachable over a flow.
+#[derive(Debug, Clone)]
+pub struct FlowBinding {
+    /// The Contact URI the UA registered.
+    pub contact: rsip::Uri,
+    /// The flow it registered over.
+    pub flow: FlowId,
+    /// Whether that flow is TLS.
+    pub secure: bool,
+}
+
+/// Looks up registered users (implemented by the registrar).
+pub trait Location: Send + Sync {
+    /// The live contacts of `user@domain`.
+    fn lookup(&self, user: &str, domain: &str) -> Vec<LocationTarget>;
+}
+
+/// A contact from the location service.
+#[derive(Debug, Clone)]
+pub enum LocationTarget {
+    /// Reachable down an open WebSocket flow.
+    Flow(FlowBinding),
+    /// Reachable at a UDP address.
+    Udp {
+        /// The Contact URI.
+        contact: rsip::Uri,
+        /// Where to send (received address for NATed UAs).
+        addr: SocketAddr,
+    },
+}
+
+/// Routing of initial requests.
+pub trait Router: Send + Sync {
+    /// Decides where an initial (out-of-dialog) request addressed to one of
+    /// our domains goes.
+    fn route(&self, req: &rsip::Request, uri: &UriFacts, source: &Source) -> Decision;
+}
+
+/// Local users first (location), then the static table.
+pub struct StaticRouter {
+    routes: Vec<StaticRoute>,
+    location: Option<std::sync::Arc<dyn Location>>,
+}
+
+impl StaticRouter {
+    /// A router over the configured table and an optional location service.
+    pub fn new(routes: Vec<StaticRoute>, location: Option<std::sync::Arc<dyn Location>>) -> Self {
+        Self { routes, location }
+    }
+}
+
+impl Router for StaticRouter {
+    fn route(&self, req: &rsip::Request, uri: &UriFacts, _source: &Source) -> Decision {
+        let user = uri.user.as_deref().unwrap_or("");
+        if let Some(location) = &self.location {
+            let found = location.lookup(user, &uri.host);
+            if !found.is_empty() {
+                let targets = found
+                    .into_iter()
+                    .map(|t| match t {
+                        LocationTarget::Flow(b) => Target {
+                            uri: b.contact,
+                            dest: Destination::Flow(b.flow),
+                            kind: if b.secure { Kind::Wss } else { Kind::Ws },
+                        },
+                        LocationTarget::Udp { contact, addr } => Target {
+                            uri: contact,
+                            dest: Destination::Udp(addr),
+                            kind: Kind::Udp,
+                        },
+                    })
+                    .collect();
+                return Decision::Forward(targets);
+            }
+        }
+        if let Some(r) = self
+            .routes
+            .iter()
+            .find(|r| !user.is_empty() && user.starts_with(&r.prefix))
+        {
+            let mut new_uri = req.uri.clone();
+            new_uri.host_with_port = rsip::HostWithPort {
+                host: rsip::Host::IpAddr(r.destination.ip()),
+                port: Some(rsip::Port::from(r.destination.port())),
+            };
+            return Decision::Forward(vec![Target {
+                uri: new_uri,
+                dest: Destination::Udp(r.destination),
+                kind: Kind::Udp,
+            }]);
+        }
+        Decision::Reject(404, "Not Found")
+    }
+}
+
+/// Where a URI that is not ours points (no DNS: IP literals and localhost).
+pub fn resolve(uri: &UriFacts) -> Result<(Destination, Kind), (u16, &'static str)> {
+    match uri.transport.as_deref() {
+        Some("ws") | Some("wss") => return Err((430, "Flow Failed")),
+        Some("udp") | None => {}
+        Some(_) => return Err((503, "Unsupported Transport")),
+    }
+    let ip: IpAddr = if uri.host.eq_ignore_ascii_case("localhost") {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        uri.host.parse().map_err(|_| (503, "Cannot Resolve Host"))?
+    };
+    Ok((
+        Destination::Udp(SocketAddr::new(ip, uri.port.unwrap_or(5060))),
+        Kind::Udp,
+    ))
+}
