@@ -1,2 +1,3 @@
 //! rtcgate library.
 pub use rsipstack::rsip;
+pub mod auth;
