@@ -1,3 +1,5 @@
 //! rtcgate library.
 pub use rsipstack::rsip;
 pub mod auth;
+pub mod registrar;
+pub mod store;

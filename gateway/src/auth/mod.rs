@@ -321,10 +321,10 @@ impl DigestAuth {
         if !uri_matches(&creds.uri, request_uri) {
             return Err(AuthFailure::UriMismatch);
         }
-        if let Some(op) = &creds.opaque {
-            if !bool::from(op.as_bytes().ct_eq(self.opaque.as_bytes())) {
-                return Err(AuthFailure::BadNonce);
-            }
+        if let Some(op) = &creds.opaque
+            && !bool::from(op.as_bytes().ct_eq(self.opaque.as_bytes()))
+        {
+            return Err(AuthFailure::BadNonce);
         }
         let issued = match self.nonces.check(now, &creds.nonce) {
             NonceStatus::Fresh(ts) => ts,
