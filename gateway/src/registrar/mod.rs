@@ -14,9 +14,11 @@
 //!   without RFC 5626 (SIP.js does not send reg-id by default but can only be reached
 //!   over its WebSocket).
 
+mod authenticate;
 mod contact;
 mod response;
 
+pub use authenticate::{authenticate_request, failure_response};
 pub use contact::{ContactError, ContactSpec, Contacts, parse_contacts};
 pub use response::make_response;
 
@@ -97,7 +99,7 @@ pub fn aor_for(user: &str, domain: &str) -> String {
 }
 
 /// The canonical AOR of a REGISTER (from its To header; `sips` folds to `sip`, port and
-/// parameters dropped, user percent-decoded by rsip).
+/// parameters dropped, `%XX` escapes in the user part decoded).
 pub fn register_aor(req: &rsip::Request) -> Result<String, AorError> {
     let to = req
         .headers
@@ -116,7 +118,39 @@ pub fn register_aor(req: &rsip::Request) -> Result<String, AorError> {
     if user.is_empty() {
         return Err(AorError::BadUri);
     }
-    Ok(aor_for(user, &to.uri.host_with_port.host.to_string()))
+    Ok(aor_for(
+        &percent_decode(user),
+        &to.uri.host_with_port.host.to_string(),
+    ))
+}
+
+/// Decodes `%XX` escapes of a URI user part (rsip keeps them); keeps the input as is
+/// when an escape is malformed or the result is not UTF-8.
+fn percent_decode(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_string();
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        if c == b'%' {
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                Some(v) => {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+                None => return s.to_string(),
+            }
+        }
+        out.push(c);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
 }
 
 fn header_values<'a>(
