@@ -4,11 +4,14 @@
 pub use rsipstack::rsip;
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod proxy;
+pub mod registrar;
 pub mod responder;
 pub mod server;
 pub mod sip;
+pub mod store;
 pub mod tls;
 pub mod transaction;
 pub mod transport;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use rtcgate::config::StaticRoute;
-use rtcgate::rsip::{self, prelude::*};
+use rtcgate::rsip;
 
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")

@@ -1,0 +1,195 @@
+//! `LocationService`: the in-memory location cache in front of the `location` table.
+//!
+//! Reads (call routing) never touch the database. Writes go to the database first and
+//! then to the cache, under a per-AOR lock so that concurrent REGISTERs for one AOR are
+//! serialised; if the database write fails the cache is left unchanged and the caller
+//! answers 503.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tokio::sync::Mutex;
+
+use super::{Binding, BindingChange, Store, StoreError};
+
+const LOCK_SHARDS: usize = 64;
+
+/// Location cache + write-through persistence. Share it behind an `Arc`.
+#[derive(Debug)]
+pub struct LocationService {
+    store: Store,
+    node_id: String,
+    cache: RwLock<HashMap<String, Vec<Binding>>>,
+    locks: [Mutex<()>; LOCK_SHARDS],
+}
+
+impl LocationService {
+    /// Loads all bindings not expired at `now` from the store (so a restart keeps
+    /// registrations). `node_id` names this node: [`flow_closed`](Self::flow_closed)
+    /// only removes bindings whose flow lives here.
+    pub async fn load(
+        store: Store,
+        node_id: impl Into<String>,
+        now: i64,
+    ) -> Result<Self, StoreError> {
+        let mut cache: HashMap<String, Vec<Binding>> = HashMap::new();
+        for b in store.list_all_bindings(now).await? {
+            cache.entry(b.aor.clone()).or_default().push(b);
+        }
+        let count: usize = cache.values().map(Vec::len).sum();
+        tracing::info!(
+            bindings = count,
+            aors = cache.len(),
+            "location cache loaded"
+        );
+        Ok(Self {
+            store,
+            node_id: node_id.into(),
+            cache: RwLock::new(cache),
+            locks: std::array::from_fn(|_| Mutex::new(())),
+        })
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    // A poisoned lock only means another thread panicked mid-update of a plain map:
+    // the data is still usable, so never propagate the panic.
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Vec<Binding>>> {
+        self.cache.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<String, Vec<Binding>>> {
+        self.cache.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_for(&self, aor: &str) -> &Mutex<()> {
+        let mut h = DefaultHasher::new();
+        aor.hash(&mut h);
+        // Reduced modulo the array length, so always in range.
+        let idx = usize::try_from(h.finish() % LOCK_SHARDS as u64).unwrap_or(0) % LOCK_SHARDS;
+        &self.locks[idx]
+    }
+
+    /// Bindings of `aor` alive at `now`, best q first, most recent first.
+    pub fn lookup(&self, aor: &str, now: i64) -> Vec<Binding> {
+        let mut v: Vec<Binding> = self
+            .read()
+            .get(aor)
+            .map(|bs| bs.iter().filter(|b| !b.is_expired(now)).cloned().collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| b.q.cmp(&a.q).then(b.updated_at.cmp(&a.updated_at)));
+        v
+    }
+
+    /// Every binding alive at `now`, ordered by AOR.
+    pub fn all(&self, now: i64) -> Vec<Binding> {
+        let mut v: Vec<Binding> = self
+            .read()
+            .values()
+            .flatten()
+            .filter(|b| !b.is_expired(now))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.aor.cmp(&b.aor).then(b.q.cmp(&a.q)));
+        v
+    }
+
+    /// Number of cached bindings (expired ones included until purged).
+    pub fn len(&self) -> usize {
+        self.read().values().map(Vec::len).sum()
+    }
+
+    /// True when no binding is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs `decide` on the current bindings of `aor` (expired ones included, so the
+    /// registrar can see their Call-ID/CSeq), persists the changes it returns and
+    /// updates the cache, all under the AOR's lock. Returns `decide`'s output.
+    pub async fn update<R, F>(&self, aor: &str, decide: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&[Binding]) -> (Vec<BindingChange>, R),
+    {
+        let _guard = self.lock_for(aor).lock().await;
+        let current = self.read().get(aor).cloned().unwrap_or_default();
+        let (changes, out) = decide(&current);
+        self.store.apply_binding_changes(&changes).await?;
+        self.apply_to_cache(&changes);
+        Ok(out)
+    }
+
+    fn apply_to_cache(&self, changes: &[BindingChange]) {
+        let mut cache = self.write();
+        for c in changes {
+            match c {
+                BindingChange::Upsert(b) => {
+                    let list = cache.entry(b.aor.clone()).or_default();
+                    match list.iter_mut().find(|x| x.contact == b.contact) {
+                        Some(slot) => *slot = b.clone(),
+                        None => list.push(b.clone()),
+                    }
+                }
+                BindingChange::Remove { aor, contact } => {
+                    if let Some(list) = cache.get_mut(aor) {
+                        list.retain(|x| &x.contact != contact);
+                        if list.is_empty() {
+                            cache.remove(aor);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A transport flow closed: its bindings stop being routable at once (cache) and are
+    /// deleted from the store. Returns the number of bindings removed from the cache.
+    pub async fn flow_closed(&self, flow_id: &str) -> Result<usize, StoreError> {
+        let mut removed = 0usize;
+        {
+            let mut cache = self.write();
+            cache.retain(|_, list| {
+                let before = list.len();
+                list.retain(|b| {
+                    !(b.flow_id.as_deref() == Some(flow_id) && b.node_id == self.node_id)
+                });
+                removed += before - list.len();
+                !list.is_empty()
+            });
+        }
+        let n = self
+            .store
+            .remove_flow_bindings(&self.node_id, flow_id)
+            .await?;
+        tracing::debug!(
+            flow_id,
+            removed,
+            deleted = n,
+            "flow closed, bindings removed"
+        );
+        Ok(removed)
+    }
+
+    /// Drops bindings expired at `now` from the cache and the store; returns how many
+    /// rows the store deleted.
+    pub async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
+        {
+            let mut cache = self.write();
+            cache.retain(|_, list| {
+                list.retain(|b| !b.is_expired(now));
+                !list.is_empty()
+            });
+        }
+        self.store.purge_expired_bindings(now).await
+    }
+}
