@@ -5,6 +5,7 @@ pub use rsipstack::rsip;
 
 pub mod app;
 pub mod config;
+pub mod media;
 pub mod responder;
 pub mod server;
 pub mod sip;
