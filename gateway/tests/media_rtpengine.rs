@@ -811,3 +811,111 @@ async fn bad_sdp_is_488() {
     assert!(!w.is_empty() && !w.contains('"'), "{w}");
     assert_eq!(media.active_calls(), 0, "nothing recorded for refused SDP");
 }
+
+/// A PBX call forked to three browser registrations: each branch gets its own offer; a
+/// branch that fails while others ring, and one that had early media and loses, are deleted
+/// on their own; the answered one keeps its media and ports.
+#[tokio::test]
+async fn forked_call_keeps_branches_apart() {
+    let Some(bin) = need_rtpengine() else { return };
+    let d = Daemon::start(&bin);
+    let media = start(&d).await;
+    let call = "fork-1";
+    let pbx = "pbx-tag";
+    let offer = fixture("in-1");
+
+    let mut ports = Vec::new();
+    let mut offers = Vec::new();
+    for br in ["f1", "f2", "f3"] {
+        let o = media
+            .offer(&ctx(call, pbx, None, br, &offer, LegProfile::WebRtc))
+            .await
+            .unwrap();
+        ports.push(assert_webrtc(&o).0);
+        offers.push(o);
+    }
+    let distinct: std::collections::BTreeSet<u32> = ports.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "one browser-side port per branch: {ports:?}"
+    );
+
+    // f3 is refused while the others ring.
+    media.invite_final(call, "f3", 480).await;
+    // f1 sends early media (183 with SDP).
+    let early = browser_answer(&offers[0], "sendrecv", 2);
+    let to_pbx1 = media
+        .answer(
+            &ctx(call, pbx, Some("ua1"), "f1", &early, LegProfile::PlainRtp),
+            183,
+        )
+        .await
+        .unwrap();
+    assert_plain(&to_pbx1);
+    // f2 answers; the proxy cancels f1, which ends 487.
+    let ans2 = browser_answer(&offers[1], "sendrecv", 2);
+    let to_pbx = media
+        .answer(
+            &ctx(call, pbx, Some("ua2"), "f2", &ans2, LegProfile::PlainRtp),
+            200,
+        )
+        .await
+        .unwrap();
+    let pbx_side_port = assert_plain(&to_pbx);
+    media.invite_final(call, "f2", 200).await;
+    media.invite_final(call, "f1", 487).await;
+
+    // The call lives on with the answered branch; the losers hold no ports.
+    assert_eq!(calls_in_rtpengine(&media).await, vec![call.to_owned()]);
+    let r = media
+        .client()
+        .query(&ngclient::CallRef::new(call), ngclient::Target::Auto)
+        .await
+        .unwrap();
+    let stats = r.reply.call_stats();
+    let open_ports: Vec<u16> = stats
+        .tags
+        .values()
+        .flat_map(|t| t.medias.iter())
+        .flat_map(|m| m.streams.iter().map(|s| s.local_port))
+        .filter(|p| *p != 0)
+        .collect();
+    assert!(open_ports.contains(&(ports[1] as u16)), "{open_ports:?}");
+    assert!(
+        !open_ports.contains(&(ports[0] as u16)),
+        "f1 released: {open_ports:?}"
+    );
+    assert!(
+        !open_ports.contains(&(ports[2] as u16)),
+        "f3 released: {open_ports:?}"
+    );
+    assert!(stats.tags.contains_key("ua2") && stats.tags.contains_key(pbx));
+
+    // A re-INVITE from the PBX still finds both sides with the same ports.
+    let pbx_hold = with_direction(&offer, "sendonly", 1);
+    let hold = media
+        .offer(&ctx(
+            call,
+            pbx,
+            Some("ua2"),
+            "r1",
+            &pbx_hold,
+            LegProfile::WebRtc,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(assert_webrtc(&hold).0, ports[1]);
+    let ans = browser_answer(&hold, "recvonly", 3);
+    let to_pbx2 = media
+        .answer(
+            &ctx(call, pbx, Some("ua2"), "r1", &ans, LegProfile::PlainRtp),
+            200,
+        )
+        .await
+        .unwrap();
+    assert_eq!(assert_plain(&to_pbx2), pbx_side_port);
+
+    assert!(media.terminate(call, EndReason::Bye).await);
+    assert!(calls_in_rtpengine(&media).await.is_empty());
+}

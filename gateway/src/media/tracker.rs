@@ -165,7 +165,9 @@ enum BranchState {
 struct Branch {
     id: String,
     state: BranchState,
-    /// rtpengine has state for it (an offer or answer was sent).
+    /// rtpengine accepted an offer or answer for it. Only then may it be deleted on its
+    /// own: rtpengine 10.5 resolves a `delete` whose via-branch it does not know to the
+    /// from-tag's monologue, which ends the **whole** call (checked).
     ng: bool,
 }
 
@@ -331,7 +333,7 @@ impl MediaTracker {
         let initial = is_out_of_dialog(m.to_tag);
         let call = self.call_for_request(now, m)?;
         let via_branch = if initial {
-            call.set_branch(m.via_branch, BranchState::Offered, true);
+            call.set_branch(m.via_branch, BranchState::Offered, false);
             Some(m.via_branch.to_owned())
         } else {
             None
@@ -398,7 +400,7 @@ impl MediaTracker {
             } else {
                 BranchState::Early
             };
-            call.set_branch(m.via_branch, state, true);
+            call.set_branch(m.via_branch, state, false);
             call.confirmed |= success;
         }
         call.in_flight += 1;
@@ -496,11 +498,15 @@ impl MediaTracker {
     }
 
     /// The ng request of `plan` completed (`ok`: rtpengine accepted it). Returns a delete
-    /// to send: the deferred one of a call that ended meanwhile, or the cleanup after a
-    /// failed offer (the branch's, or the whole call's when it was its only hope).
+    /// to send: the deferred one of a call that ended meanwhile, or the whole call's after
+    /// a failed offer that was its only hope (a failed fork branch among live ones is just
+    /// marked failed).
     pub fn op_finished(&mut self, now: Instant, plan: &NgPlan, ok: bool) -> Option<CallRef> {
         let call = self.calls.get_mut(&plan.call_id)?;
         call.in_flight = call.in_flight.saturating_sub(1);
+        if ok && let Some(b) = plan.via_branch.as_deref().and_then(|v| call.branch_mut(v)) {
+            b.ng = true;
+        }
         if let Some(reason) = call.ending {
             if call.in_flight == 0 {
                 return self.end(now, &plan.call_id, reason);
@@ -514,7 +520,9 @@ impl MediaTracker {
         let b = call.branch_mut(via)?;
         b.state = BranchState::Failed;
         if call.others_live(via) || call.confirmed {
-            return Some(delete_branch(&plan.call_id, &call.caller_tag, via));
+            // Nothing of this branch is known to exist in rtpengine (a late-created
+            // leftover goes with the whole-call delete); a branch delete could end the call.
+            return None;
         }
         call.ending = Some(EndReason::MediaFailure);
         if call.in_flight > 0 {
@@ -797,6 +805,25 @@ mod tests {
         h.term("c", EndReason::Bye);
         assert_eq!(h.whole_deletes("c"), 1);
         assert_eq!(h.deletes.len(), 3);
+    }
+
+    #[test]
+    fn failed_offer_on_one_fork_branch_sends_no_branch_delete() {
+        let mut h = Harness::new();
+        h.offer(ids("c", "PBX", None, "f1"));
+        let p2 =
+            h.t.offer_in_request(h.now, &ids("c", "PBX", None, "f2"))
+                .unwrap();
+        h.done(p2, false);
+        assert!(h.deletes.is_empty(), "f2 unknown to rtpengine: no delete");
+        h.final_("c", "f2", 503);
+        assert!(h.deletes.is_empty());
+        // A branch is deleted alone at most once.
+        h.final_("c", "f1", 487);
+        h.final_("c", "f1", 487);
+        assert!(h.deletes.is_empty(), "last live branch: wait for terminate");
+        h.term("c", EndReason::Failed);
+        assert_eq!(h.deletes.len(), 1);
     }
 
     #[test]
