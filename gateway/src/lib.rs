@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod proxy;
 pub mod registrar;
+pub mod media;
 pub mod responder;
 pub mod server;
 pub mod sip;
