@@ -19,14 +19,16 @@ proc_ticks() { # pid -> utime+stime of that process (all its threads), 0 if gone
 	stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return 0; }
 	rest=${stat##*) } # drop "pid (comm) "; comm may contain spaces or ')'
 	# rest starts at field 3 (state): utime is field 14 -> index 11, stime 15 -> 12
+	local -a f
 	read -r -a f <<<"$rest"
 	echo $((f[11] + f[12]))
 }
 
 proc_descendants() { # pid -> pid and all its descendants, one a line
-	local p
+	local p kids
 	echo "$1"
-	for p in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+	kids=$(cat /proc/"$1"/task/*/children 2>/dev/null || true)
+	for p in $kids; do
 		proc_descendants "$p"
 	done
 }

@@ -24,6 +24,7 @@ sipp_bg() {
 	mkdir -p "$outdir"
 	# shellcheck disable=SC2046
 	sipp "$@" $(_sipp_common "$outdir" "$name") >"$outdir/$name.out" 2>&1 &
+	# shellcheck disable=SC2034 # read by the caller
 	SIPP_PID=$!
 }
 

@@ -9,6 +9,7 @@
 # Addresses (override in the environment before calling):
 #   REF_IP=127.0.0.1    Kamailio listeners and rtpengine's media interface
 #   REF_PBX_IP=127.0.0.2  the trusted PBX (and the UDP callers in the benchmark)
+#   REF_DOMAIN=REF_IP   the users' SIP domain (Kamailio alias, any port)
 # Set by ref_stack_start:
 #   REF_SIP_PORT (UDP SIP), REF_WS_PORT (ws://REF_IP:port/), REF_NG_PORT,
 #   REF_PBX_PORT (where Kamailio sends 1xxx: run pbx_uas*.xml there),
@@ -28,6 +29,10 @@ _REF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 REF_IP=${REF_IP:-127.0.0.1}
 REF_PBX_IP=${REF_PBX_IP:-127.0.0.2}
+# the SIP domain of the users (AOR sip:2000@REF_DOMAIN, digest realm): an alias
+# without port, so sip:2000@127.0.0.1 (port 5060 implied) is "myself" although
+# the listeners use other ports
+REF_DOMAIN=${REF_DOMAIN:-$REF_IP}
 REF_KAM_PID=
 REF_RTPE_PID=
 
@@ -79,7 +84,7 @@ ref_stack_start() { # rundir users.csv
 
 	kamailio -DD -E -f "$_REF_DIR/kamailio.cfg" -Y "$REF_RUNDIR" -P "$REF_RUNDIR/kamailio.pid" \
 		-m "${REF_KAM_SHM:-256}" -M 16 -n "${REF_KAM_CHILDREN:-4}" \
-		-l "udp:$REF_IP:$REF_SIP_PORT" -l "tcp:$REF_IP:$REF_WS_PORT" \
+		-l "udp:$REF_IP:$REF_SIP_PORT" -l "tcp:$REF_IP:$REF_WS_PORT" --alias="$REF_DOMAIN" \
 		-A "PBX_IP=\"$REF_PBX_IP\"" -A "PBX_URI=\"sip:$REF_PBX_IP:$REF_PBX_PORT\"" -A "WS_PORT=$REF_WS_PORT" \
 		-A "RTPE_SOCK=\"udp:$REF_IP:$REF_NG_PORT\"" \
 		-A "DBURL=\"sqlite://$REF_RUNDIR/subscriber.sqlite\"" \
