@@ -44,9 +44,11 @@ check() { # label cond-result(0/1) detail
 ref_stack_start "$out/ref" "$out/users.csv"
 ref_stack_print | sed 's/^/      /'
 
+pbx_pid=
 sipp_bg "$out" pbx -sf "$scen/pbx_uas.xml" -i "$REF_PBX_IP" -p "$REF_PBX_PORT" -mi "$REF_PBX_IP" \
 	-mp "$(free_port "$REF_PBX_IP" udp)" -s 1001 -m 1 -timeout 60 -trace_msg -message_file "$out/pbx.msg"
-pids+=("$SIPP_PID")
+pbx_pid=$SIPP_PID
+pids+=("$pbx_pid")
 sleep 0.3
 
 "$here/ws_client.py" --ws "ws://$REF_IP:$REF_WS_PORT/" --domain "$REF_IP" --user 2000 --password s3cret \
@@ -67,6 +69,11 @@ brc=0
 wait "$browser" || brc=$?
 sed 's/^/      browser: /' "$out/browser.log"
 check browser "$brc" "ws_client.py exit $brc (REGISTER, call to 1001, incoming call, un-REGISTER)"
+# the PBX exits after its one call (+ 2 s timewait)
+for _ in $(seq 50); do kill -0 "$pbx_pid" 2>/dev/null || break; sleep 0.1; done
+prc=0
+wait "$pbx_pid" 2>/dev/null || prc=$?
+check pbx "$([[ $prc == 0 && $(sipp_stat "$out/pbx.csv" 'SuccessfulCall(C)') == 1 ]] && echo 0 || echo 1)" "pbx_uas.xml: $(sipp_summary "$out/pbx.csv")"
 check caller "$rc" "uac_call.xml to 2000: $( [[ -e $out/caller.csv ]] && sipp_summary "$out/caller.csv")"
 
 # what the legacy side saw: plain RTP/AVP, no ICE, no DTLS
