@@ -5,6 +5,7 @@
     loadtest/lib/ng_query.py 127.0.0.1:22222 list            # call-ids of the open calls
     loadtest/lib/ng_query.py 127.0.0.1:22222 count           # number of open calls (list, limit 100000)
     loadtest/lib/ng_query.py 127.0.0.1:22222 statistics
+    loadtest/lib/ng_query.py 127.0.0.1:22222 packets CALL-ID # per tag: RTP packets received (streams summed)
 
 Used by the reference benchmark to check that no call leaked in rtpengine.
 Standard library only; exits 1 on timeout or an error reply.
@@ -54,11 +55,16 @@ def bdec(b, i=0):
 
 
 def main():
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
     host, port = sys.argv[1].rsplit(":", 1)
     cmd = sys.argv[2]
-    msg = {"command": "list", "limit": 100000} if cmd in ("list", "count") else {"command": cmd}
+    if cmd in ("list", "count"):
+        msg = {"command": "list", "limit": 100000}
+    elif cmd == "packets":
+        msg = {"command": "query", "call-id": sys.argv[3]}
+    else:
+        msg = {"command": cmd}
     cookie = b"%d_q" % os.getpid()
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(2)
@@ -73,6 +79,10 @@ def main():
         sys.exit(1)
     if cmd == "count":
         print(len(reply.get("calls", [])))
+    elif cmd == "packets":
+        for tag, t in reply.get("tags", {}).items():
+            n = sum(st.get("stats", {}).get("packets", 0) for m in t.get("medias", []) for st in m.get("streams", []))
+            print("%s %d" % (tag, n))
     else:
         print(json.dumps(reply, indent=1))
 

@@ -9,7 +9,9 @@
 # 2. the same pairs through the reference stack (Kamailio + rtpengine,
 #    loadtest/reference/stack.sh), then uac_register_digest (N users, and the
 #    same users with a wrong password: must all fail), uac_options; after
-#    each call pair rtpengine must hold no call (no leaked session).
+#    each call pair rtpengine must hold no call (no leaked session); one call
+#    with RTP (uac_call_rtp.xml -> pbx_uas.xml -rtp_echo) must show packets
+#    from both sides in rtpengine.
 # Prints one line per check and exits non-zero if any failed. Everything it
 # starts is stopped by PID on exit. Outputs stay in a temporary directory
 # (printed at the end).
@@ -101,6 +103,26 @@ if [[ $mode != direct ]]; then
 		left=$("$lib/ng_query.py" "$ng" count)
 		report "$([[ $left == 0 ]] && echo 0 || echo 1)" "kamailio-$label-rtpengine" "calls left in rtpengine: $left"
 	done
+
+	# media: one call with g711a.pcap played by the caller, echoed by the PBX
+	sipp_bg "$out" rtp-uas -sf "$here/pbx_uas.xml" -i "$REF_PBX_IP" -p "$REF_PBX_PORT" \
+		-mi "$REF_PBX_IP" -mp "$(free_port "$REF_PBX_IP" udp)" -rtp_echo -s 1001 -m 1 -timeout 30
+	uas_pid=$SIPP_PID
+	sleep 0.3
+	sipp_bg "$out" rtp-uac "$REF_IP:$REF_SIP_PORT" -sf "$here/uac_call_rtp.xml" -s 1001 -i "$REF_PBX_IP" \
+		-mi "$REF_PBX_IP" -mp "$(free_port "$REF_PBX_IP" udp)" -d 2500 -m 1 -timeout 30
+	uac_pid=$SIPP_PID
+	sleep 2
+	cid=$("$lib/ng_query.py" "$ng" list | grep -o '"[^"]*@[^"]*"' | head -1 | tr -d '"' || true)
+	pk=$("$lib/ng_query.py" "$ng" packets "$cid" 2>&1 | paste -sd' ' || true)
+	rc=0
+	wait "$uac_pid" || rc=$?
+	urc=0
+	wait "$uas_pid" || urc=$?
+	uas_pid=
+	# both tags (caller, PBX echo) must have sent packets into rtpengine
+	[[ $rc == 0 && $urc == 0 ]] && awk '{ for (i = 2; i <= NF; i += 2) if ($i < 20) bad = 1; if (NF < 4) bad = 1; exit bad }' <<<"$pk"
+	report $? kamailio-rtp-echo "uac rc=$rc uas rc=$urc; packets into rtpengine per tag after 2 s: $pk"
 
 	rc=0
 	sipp_fg "$out" reg "$REF_IP:$REF_SIP_PORT" -sf "$here/uac_register_digest.xml" -inf "$out/users.csv" \
