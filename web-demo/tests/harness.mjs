@@ -137,7 +137,15 @@ export function mediaPortRange(size = 100) {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Polls `fn` until it returns a truthy value or `ms` pass. */
+/** The process's exit code (or signal), or "running" after `ms`. */
+export function exitWithin(proc, ms) {
+  let timer;
+  const late = new Promise((r) => { timer = setTimeout(() => r("running"), ms); });
+  return Promise.race([proc.exited, late]).finally(() => clearTimeout(timer));
+}
+
+/** Polls `fn` until it returns a truthy value or `ms` pass; an error with
+ * `fatal` set (e.g. the process under test exited) ends the wait at once. */
 export async function waitFor(what, fn, { ms = 10_000, every = 100 } = {}) {
   const end = Date.now() + ms;
   let last;
@@ -145,7 +153,10 @@ export async function waitFor(what, fn, { ms = 10_000, every = 100 } = {}) {
     try {
       last = await fn();
       if (last) return last;
-    } catch (e) { last = e; }
+    } catch (e) {
+      if (e && e.fatal) throw e;
+      last = e;
+    }
     await sleep(every);
   }
   throw new Error(`timed out after ${ms} ms waiting for ${what}${last instanceof Error ? `: ${last.message}` : ""}`);
@@ -207,7 +218,7 @@ ${opts.extraToml || ""}
   let ca;
   try {
     await waitFor("rtcgate /healthz", async () => {
-      if (proc.child.exitCode !== null) throw new Error(`rtcgate exited: ${proc.output().slice(-2000)}`);
+      if (proc.child.exitCode !== null) throw Object.assign(new Error(`rtcgate exited (${proc.child.exitCode})`), { fatal: true });
       if (!existsSync(join(certDir, "ca.pem"))) return false;
       ca = readFileSync(join(certDir, "ca.pem"));
       const r = await httpsGet(`${origin}/healthz`, ca);
@@ -215,7 +226,9 @@ ${opts.extraToml || ""}
     }, { ms: 20_000, every: 150 });
   } catch (e) {
     await proc.stop();
-    throw new Error(`${e.message}\n--- rtcgate output ---\n${proc.output().slice(-4000)}`);
+    const out = proc.output().slice(-4000);
+    if (!process.env.KEEP_TMP) rmSync(dir, { recursive: true, force: true });
+    throw new Error(`${e.message}\n--- rtcgate output ---\n${out}`);
   }
   const leaf = new X509Certificate(readFileSync(join(certDir, "cert.pem")));
   const spki = createHash("sha256").update(leaf.publicKey.export({ type: "spki", format: "der" })).digest("base64");
@@ -253,7 +266,7 @@ export async function startRtpengine() {
   };
   try {
     await waitFor("rtpengine ng ping", async () => {
-      if (proc.child.exitCode !== null) throw new Error(`rtpengine exited: ${proc.output().slice(-2000)}`);
+      if (proc.child.exitCode !== null) throw Object.assign(new Error(`rtpengine exited: ${proc.output().slice(-2000)}`), { fatal: true });
       const r = await handle.ng({ command: "ping" }, 300).catch(() => null);
       return r && r.result === "pong";
     }, { ms: 10_000, every: 200 });
@@ -331,9 +344,9 @@ export function ngRequest(port, cmd, timeoutMs = 2000) {
  * Starts sipp (the demo PBX side). `args` are sipp arguments after the
  * remote host; the local side is loopback on a free port.
  */
-export async function startSipp(args, { remote, logDir } = {}) {
+export async function startSipp(args, { remote, port: fixedPort, logDir } = {}) {
   const dir = logDir || mkdtempSync(join(tmpdir(), "sipp-webdemo-"));
-  const port = await freeUdpPort();
+  const port = fixedPort || await freeUdpPort();
   const mediaPort = await freeUdpPort();
   const full = [
     ...(remote ? [remote] : []),
@@ -345,7 +358,12 @@ export async function startSipp(args, { remote, logDir } = {}) {
   return {
     dir, port, mediaPort, proc, output: proc.output, exited: proc.exited,
     uri: (user) => `sip:${user}@127.0.0.1:${port}`,
-    async stop() { await proc.stop(); },
+    /** Exit code, or "running" if it has not exited within `ms`. */
+    exitCode: (ms = 10_000) => exitWithin(proc, ms),
+    async stop() {
+      await proc.stop();
+      if (!process.env.KEEP_TMP && !logDir) rmSync(dir, { recursive: true, force: true });
+    },
   };
 }
 

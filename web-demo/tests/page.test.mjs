@@ -9,6 +9,11 @@ import {
 
 const PARTS = ["rtcgate", "chromium", "dist"];
 
+// One visible verdict on the prerequisites: a failure in CI, a skip elsewhere.
+test("browser test prerequisites: rtcgate binary, Chromium, page build", { skip: skipUnlessPresent(PARTS) }, () => {
+  assertPresent(PARTS);
+});
+
 describe("web demo served by rtcgate", { skip: skipUnlessPresent(PARTS), timeout: 120_000 }, () => {
   let gw;
   let browser;
