@@ -213,7 +213,8 @@ function drawChart() {
   if (canvas.width !== Math.round(w * dpr)) { canvas.width = Math.round(w * dpr); canvas.height = Math.round(h * dpr); }
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, w, h);
-  const max = Math.max(60, ...chartData.map((p) => Math.max(p.sent, p.recv))) * 1.15;
+  const peak = Math.max(0, ...chartData.map((p) => Math.max(p.sent, p.recv)));
+  const max = Math.max(60, Math.ceil((peak * 1.1) / 20) * 20);
   ctx.strokeStyle = "#e6ebf0";
   ctx.fillStyle = "#8a96a3";
   ctx.font = "10px system-ui, sans-serif";
@@ -257,7 +258,7 @@ function renderLog() {
     const cells = [
       e.direction === "in" ? "↙" : "↗",
       e.peer,
-      new Date(e.startedAt).toLocaleTimeString(),
+      new Date(e.startedAt).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false }),
       e.answeredAt ? fmtDuration((e.endedAt || Date.now()) - e.answeredAt) : "–",
       e.result || "…",
     ];
@@ -508,7 +509,9 @@ function trackSession(session) {
   startStats();
   session.stateChange.addListener((s) => {
     if (s === SessionState.Terminating) { state.call = "terminating"; render(); }
-    if (s === SessionState.Terminated) finishCall(session);
+    // SIP.js terminates the session before it calls onReject: let the
+    // response's code reach the call-log entry first.
+    if (s === SessionState.Terminated) setTimeout(() => finishCall(session), 0);
   });
 }
 

@@ -8,6 +8,10 @@ function candidateText(c) {
   return `${c.candidateType || "?"} ${addr}:${c.port} ${c.protocol || ""}`.trim();
 }
 
+function codecText(c) {
+  return `${(c.mimeType || "").replace(/^audio\//, "")}/${c.clockRate || ""}`;
+}
+
 /**
  * @param {Iterable<object>} entries stats dictionaries
  * @param {object|null} prev the previous summary, for rates
@@ -45,16 +49,14 @@ export function summarize(entries, prev = null) {
       case "outbound-rtp":
         out.packetsSent += s.packetsSent || 0;
         out.bytesSent += s.bytesSent || 0;
+        if (!out.codec && s.codecId && byId.has(s.codecId)) out.codec = codecText(byId.get(s.codecId));
         break;
       case "inbound-rtp":
         out.packetsReceived += s.packetsReceived || 0;
         out.bytesReceived += s.bytesReceived || 0;
         out.packetsLost += Math.max(0, s.packetsLost || 0);
         if (typeof s.jitter === "number") out.jitterMs = Math.round(s.jitter * 10000) / 10;
-        if (s.codecId && byId.has(s.codecId)) {
-          const c = byId.get(s.codecId);
-          out.codec = `${(c.mimeType || "").replace(/^audio\//, "")}/${c.clockRate || ""}`;
-        }
+        if (s.codecId && byId.has(s.codecId)) out.codec = codecText(byId.get(s.codecId));
         break;
       case "remote-inbound-rtp":
         if (typeof s.roundTripTime === "number") out.rttMs = Math.round(s.roundTripTime * 10000) / 10;

@@ -6,6 +6,7 @@ import { after, before, describe, test } from "node:test";
 import {
   assertPresent, demoState, freeTcpPort, launchBrowser, openDemo, skipUnlessPresent, startGateway, waitForDemo,
 } from "./harness.mjs";
+import { summarize } from "../src/stats.js";
 
 const PARTS = ["rtcgate", "chromium", "dist"];
 
@@ -106,6 +107,48 @@ describe("web demo served by rtcgate", { skip: skipUnlessPresent(PARTS), timeout
     assert.match(invite.text, /a=fingerprint:sha-256 /);
     assert.match(invite.text, /a=rtcp-mux/);
     assert.doesNotMatch(invite.text, /typ srflx/);
+    await page.close();
+  });
+
+  test("the stats summary reads real Chromium getStats() (a local peer-connection pair, fake microphone)", async () => {
+    const page = await browser.newPage();
+    await page.goto(`${gw.origin}/`);
+    const raw = await page.evaluate(async () => {
+      const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+      const a = new RTCPeerConnection({ iceServers: [] });
+      const b = new RTCPeerConnection({ iceServers: [] });
+      a.onicecandidate = (e) => e.candidate && b.addIceCandidate(e.candidate);
+      b.onicecandidate = (e) => e.candidate && a.addIceCandidate(e.candidate);
+      stream.getTracks().forEach((t) => a.addTrack(t, stream));
+      const bStream = await navigator.mediaDevices.getUserMedia({ audio: true });
+      const offer = await a.createOffer();
+      await a.setLocalDescription(offer);
+      await b.setRemoteDescription(offer);
+      // b sends too (addTrack reuses the transceiver the offer created).
+      bStream.getTracks().forEach((t) => b.addTrack(t, bStream));
+      const answer = await b.createAnswer();
+      await b.setLocalDescription(answer);
+      await a.setRemoteDescription(answer);
+      const snap = async () => [...(await a.getStats()).values()];
+      await new Promise((r) => setTimeout(r, 2000));
+      const first = await snap();
+      await new Promise((r) => setTimeout(r, 1500));
+      const second = await snap();
+      a.close(); b.close();
+      stream.getTracks().forEach((t) => t.stop());
+      bStream.getTracks().forEach((t) => t.stop());
+      return { first, second };
+    });
+    const s1 = summarize(raw.first);
+    const s2 = summarize(raw.second, s1);
+    assert.equal(s2.dtlsState, "connected");
+    assert.ok(s2.packetsSent > s1.packetsSent && s2.packetsSent > 50, `sent ${s2.packetsSent}`);
+    assert.ok(s2.packetsReceived > 0, `received ${s2.packetsReceived}`);
+    assert.ok(s2.sendPps > 20, `send rate ${s2.sendPps}/s`);
+    assert.match(s2.codec, /\/\d+$/);
+    assert.match(s2.srtpCipher, /AES|AEAD/);
+    assert.ok(s2.candidatePair && /^host /.test(s2.candidatePair.local), JSON.stringify(s2.candidatePair));
+    assert.ok(s2.jitterMs !== null);
     await page.close();
   });
 
