@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::proxy::location::StoreLocation;
 use crate::proxy::route::Local;
 use crate::proxy::routing::StaticRouter;
 use crate::proxy::{Proxy, ProxyConfig, shell};
@@ -21,6 +22,43 @@ pub enum AppError {
     /// Listeners.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// The database.
+    #[error("database ({url}): {source}")]
+    Store {
+        /// The configured URL, password removed.
+        url: String,
+        /// What went wrong.
+        source: crate::store::StoreError,
+    },
+}
+
+/// The URL with any password replaced, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Creates the directory of a SQLite database file.
+pub fn ensure_sqlite_dir(url: &str) {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let file = path.split('?').next().unwrap_or("");
+        if let Some(dir) = std::path::Path::new(file).parent()
+            && !dir.as_os_str().is_empty()
+        {
+            let _ = std::fs::create_dir_all(dir);
+        }
+    }
 }
 
 /// A running gateway.
@@ -31,6 +69,8 @@ pub struct App {
     pub tls: Option<TlsSetup>,
     /// The configuration it runs with.
     pub config: Arc<Config>,
+    /// Registrations (and, through it, the store).
+    pub location: Arc<crate::store::LocationService>,
 }
 
 impl App {
@@ -45,7 +85,60 @@ impl App {
         } else {
             Some(tls::setup(&config.tls)?)
         };
+        ensure_sqlite_dir(&config.database.url);
+        let store_err = |source| AppError::Store {
+            url: redact(&config.database.url),
+            source,
+        };
+        let mut opts = crate::store::StoreOptions::new(&config.database.url);
+        opts.max_connections = config.database.max_connections;
+        let store = crate::store::Store::connect_with(&opts)
+            .await
+            .map_err(store_err)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let location: Arc<crate::store::LocationService> = Arc::new(
+            crate::store::LocationService::load(store, config.general.node_id.clone(), now)
+                .await
+                .map_err(store_err)?,
+        );
+        let realm = config
+            .general
+            .domains
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "localhost".into());
+        let mut auth_cfg = crate::auth::AuthConfig::new(realm);
+        auth_cfg.nonce_lifetime_secs = config.auth.nonce_ttl_s;
+        let secret = config.auth.secret_bytes().unwrap_or_else(|| {
+            use rand::Rng;
+            rand::rng().random()
+        });
+        let (ws_algorithms, udp_algorithms) = config.auth.algorithm_orders();
+        let services = Arc::new(shell::Services {
+            ws_algorithms,
+            udp_algorithms,
+            auth: std::sync::Mutex::new(crate::auth::DigestAuth::new(auth_cfg, secret)),
+            location: location.clone(),
+            registrar: crate::registrar::RegistrarConfig {
+                min_expires: config.registrar.min_expires,
+                max_expires: config.registrar.max_expires,
+                default_expires: config.registrar.default_expires,
+                max_contacts: config.registrar.max_contacts,
+                domains: config.general.domains.clone(),
+            },
+        });
+        let mut trusted = config.auth.trusted_sources();
+        trusted.extend(
+            config
+                .routes
+                .iter()
+                .map(|r| crate::config::TrustedSource::Addr(r.destination)),
+        );
         let cfg = config.clone();
+        let router_location = location.clone();
         let server = Server::start(
             &config,
             tls.as_ref().map(|t| t.server_config.clone()),
@@ -71,13 +164,21 @@ impl App {
                             timers,
                             ..TransactionConfig::default()
                         },
+                        auth_required: cfg.auth.required,
+                        trusted,
                     },
                     local,
-                    Arc::new(StaticRouter::new(cfg.routes.clone(), None)),
-                    None,
+                    Arc::new(StaticRouter::new(
+                        cfg.routes.clone(),
+                        Some(Arc::new(StoreLocation::new(
+                            router_location,
+                            cfg.general.domains.clone(),
+                        ))),
+                    )),
+                    true,
                     Arc::new(transports.clone()),
                 );
-                shell::spawn(proxy, transports)
+                shell::spawn(proxy, transports, Some(services))
             },
         )
         .await?;
@@ -85,6 +186,7 @@ impl App {
             server,
             tls,
             config,
+            location,
         })
     }
 

@@ -61,6 +61,159 @@ pub struct Config {
     /// Static routes for initial requests to users that are not registered
     /// here, first match wins (`[[routes]]`).
     pub routes: Vec<StaticRoute>,
+    /// Where subscribers, registrations and call records live.
+    pub database: Database,
+    /// Digest authentication.
+    pub auth: Auth,
+    /// Registration lifetimes.
+    pub registrar: Registrar,
+}
+
+/// The SQL database (SQLite embedded by default; MariaDB or PostgreSQL by URL).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Database {
+    /// `sqlite://FILE?mode=rwc`, `mysql://user:pass@host:3306/db` or
+    /// `postgres://user:pass@host:5432/db`.
+    pub url: String,
+    /// Connection pool size.
+    pub max_connections: u32,
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://run/rtcgate.db?mode=rwc".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+/// Digest authentication (RFC 3261 §22, RFC 8760).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Challenge REGISTERs and initial requests from untrusted sources.
+    pub required: bool,
+    /// Sources accepted without authentication (PBXes): IP addresses or
+    /// `ip:port`. Static route destinations are trusted as well.
+    pub trusted: Vec<String>,
+    /// Seconds a nonce stays valid before it is re-challenged with `stale=true`.
+    pub nonce_ttl_s: i64,
+    /// 64 hex digits keying the nonces; nodes sharing it accept each other's
+    /// nonces. Default: random at every start.
+    pub secret: Option<String>,
+    /// Challenge algorithms for WebSocket clients, most preferred first
+    /// (SIP.js answers the last one and supports MD5 only).
+    pub ws_algorithms: Vec<String>,
+    /// Challenge algorithms for UDP clients, in order: legacy phones and
+    /// sipp answer the first one and often support MD5 only.
+    pub udp_algorithms: Vec<String>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            required: true,
+            trusted: Vec::new(),
+            nonce_ttl_s: 300,
+            secret: None,
+            ws_algorithms: vec!["SHA-256".into(), "MD5".into()],
+            udp_algorithms: vec!["MD5".into(), "SHA-256".into()],
+        }
+    }
+}
+
+/// Registration lifetimes (RFC 3261 §10.3).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Registrar {
+    /// Shorter non-zero expirations get 423 with Min-Expires.
+    pub min_expires: u32,
+    /// Longer expirations are shortened to this.
+    pub max_expires: u32,
+    /// Used when the REGISTER gives none.
+    pub default_expires: u32,
+    /// Live contacts allowed per user.
+    pub max_contacts: usize,
+}
+
+impl Default for Registrar {
+    fn default() -> Self {
+        Self {
+            min_expires: 60,
+            max_expires: 3600,
+            default_expires: 600,
+            max_contacts: 10,
+        }
+    }
+}
+
+/// A trusted source: an IP address (any port) or an exact `ip:port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrustedSource {
+    /// Any port of this address.
+    Ip(IpAddr),
+    /// Exactly this address and port.
+    Addr(SocketAddr),
+}
+
+impl TrustedSource {
+    /// Parses `1.2.3.4`, `::1`, `1.2.3.4:5060` or `[::1]:5060`.
+    pub fn parse(s: &str) -> Option<Self> {
+        s.parse::<SocketAddr>()
+            .map(TrustedSource::Addr)
+            .ok()
+            .or_else(|| {
+                s.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                    .ok()
+                    .map(TrustedSource::Ip)
+            })
+    }
+
+    /// Whether `peer` matches.
+    pub fn matches(&self, peer: SocketAddr) -> bool {
+        match self {
+            TrustedSource::Ip(ip) => *ip == peer.ip(),
+            TrustedSource::Addr(a) => *a == peer,
+        }
+    }
+}
+
+impl Auth {
+    /// The trusted sources (invalid entries are refused by validation).
+    pub fn trusted_sources(&self) -> Vec<TrustedSource> {
+        self.trusted
+            .iter()
+            .filter_map(|t| TrustedSource::parse(t))
+            .collect()
+    }
+
+    /// Parsed algorithm lists (WebSocket, UDP); validation refused unknown names.
+    pub fn algorithm_orders(&self) -> (Vec<crate::auth::Algorithm>, Vec<crate::auth::Algorithm>) {
+        let parse = |l: &[String]| {
+            l.iter()
+                .filter_map(|a| crate::auth::Algorithm::from_param(Some(a)))
+                .collect()
+        };
+        (parse(&self.ws_algorithms), parse(&self.udp_algorithms))
+    }
+
+    /// The nonce secret, if configured.
+    pub fn secret_bytes(&self) -> Option<[u8; 32]> {
+        let hex = self.secret.as_deref()?;
+        let mut out = [0u8; 32];
+        if hex.len() != 64 {
+            return None;
+        }
+        for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
+            let s = std::str::from_utf8(chunk).ok()?;
+            *out.get_mut(i)? = u8::from_str_radix(s, 16).ok()?;
+        }
+        Some(out)
+    }
 }
 
 /// A static route: calls whose user part starts with `prefix` go to
@@ -376,6 +529,65 @@ impl Config {
         }
         if self.sip.udp_listen.is_empty() && ws.wss_listen.is_empty() && ws.ws_listen.is_empty() {
             return bad("sip.udp_listen", "no listener configured at all");
+        }
+        if !["sqlite:", "mysql:", "mariadb:", "postgres:", "postgresql:"]
+            .iter()
+            .any(|p| self.database.url.starts_with(p))
+        {
+            return bad(
+                "database.url",
+                "must start with sqlite:, mysql:, mariadb:, postgres: or postgresql:",
+            );
+        }
+        if self.database.max_connections == 0 {
+            return bad("database.max_connections", "must be positive");
+        }
+        if let Some(t) = self
+            .auth
+            .trusted
+            .iter()
+            .find(|t| TrustedSource::parse(t).is_none())
+        {
+            return bad(
+                "auth.trusted",
+                format!("{t:?} is not an IP address or ip:port"),
+            );
+        }
+        for (key, list) in [
+            ("auth.ws_algorithms", &self.auth.ws_algorithms),
+            ("auth.udp_algorithms", &self.auth.udp_algorithms),
+        ] {
+            if list.is_empty() {
+                return bad(key, "at least one algorithm is needed");
+            }
+            if let Some(a) = list
+                .iter()
+                .find(|a| crate::auth::Algorithm::from_param(Some(a)).is_none())
+            {
+                return bad(key, format!("{a:?} is not one of \"SHA-256\", \"MD5\""));
+            }
+        }
+        if self.auth.nonce_ttl_s < 10 {
+            return bad("auth.nonce_ttl_s", "must be at least 10");
+        }
+        if self.auth.secret.is_some() && self.auth.secret_bytes().is_none() {
+            return bad("auth.secret", "must be 64 hexadecimal digits");
+        }
+        let r = &self.registrar;
+        if r.min_expires == 0 || r.min_expires > r.max_expires {
+            return bad(
+                "registrar.min_expires",
+                "must be positive and not above registrar.max_expires",
+            );
+        }
+        if r.default_expires < r.min_expires || r.default_expires > r.max_expires {
+            return bad(
+                "registrar.default_expires",
+                "must lie between registrar.min_expires and registrar.max_expires",
+            );
+        }
+        if r.max_contacts == 0 {
+            return bad("registrar.max_contacts", "must be positive");
         }
         if self.tls.reload_check_ms == 0 {
             return bad("tls.reload_check_ms", "must be positive");

@@ -35,6 +35,69 @@ enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// Subscribers (talks to the database directly).
+    User {
+        /// Configuration file (for the database URL and domain).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Registrations (talks to the database directly).
+    Location {
+        /// Configuration file (for the database URL).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: LocationCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a subscriber (its HA1 hashes are stored, not the password).
+    Add {
+        /// User name.
+        user: String,
+        /// Password.
+        password: String,
+        /// Domain (default: the first of general.domains).
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Change a subscriber's password.
+    Passwd {
+        /// User name.
+        user: String,
+        /// New password.
+        password: String,
+        /// Domain (default: the first of general.domains).
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Remove a subscriber and its registrations.
+    Rm {
+        /// User name.
+        user: String,
+        /// Domain (default: the first of general.domains).
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// List subscribers.
+    List {
+        /// Only this domain.
+        #[arg(long)]
+        domain: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LocationCommand {
+    /// Show live registrations (all, or of one user).
+    Show {
+        /// `user` or `user@domain`.
+        user: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -82,6 +145,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::User { config, command } => admin(config, AdminCommand::User(command)),
+        Command::Location { config, command } => admin(config, AdminCommand::Location(command)),
         Command::Run { config, web_root } => {
             let config = match config {
                 Some(path) => match Config::load(&path) {
@@ -104,6 +169,114 @@ fn main() -> ExitCode {
             runtime.block_on(run(config, web_root))
         }
     }
+}
+
+enum AdminCommand {
+    User(UserCommand),
+    Location(LocationCommand),
+}
+
+fn load_or_default(config: Option<PathBuf>) -> Result<Config, ExitCode> {
+    match config {
+        Some(path) => Config::load(&path).map_err(|e| {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }),
+        None => Ok(Config::default()),
+    }
+}
+
+/// User and location management against the database.
+fn admin(config: Option<PathBuf>, command: AdminCommand) -> ExitCode {
+    use rtcgate::store::{self as a, Store};
+    let config = match load_or_default(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        eprintln!("error: cannot start the runtime");
+        return ExitCode::FAILURE;
+    };
+    let default_domain = config.general.domains.first().cloned().unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    runtime.block_on(async {
+        rtcgate::app::ensure_sqlite_dir(&config.database.url);
+        let store = match Store::connect(&config.database.url).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: database: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let result: Result<(), rtcgate::store::StoreError> = async {
+            match command {
+                AdminCommand::User(UserCommand::Add {
+                    user,
+                    password,
+                    domain,
+                }) => {
+                    let d = domain.unwrap_or(default_domain);
+                    a::user_add(&store, &user, &d, &password, false, now).await?;
+                    println!("added {user}@{d}");
+                }
+                AdminCommand::User(UserCommand::Passwd {
+                    user,
+                    password,
+                    domain,
+                }) => {
+                    let d = domain.unwrap_or(default_domain);
+                    a::user_passwd(&store, &user, &d, &password, false, now).await?;
+                    println!("password changed for {user}@{d}");
+                }
+                AdminCommand::User(UserCommand::Rm { user, domain }) => {
+                    let d = domain.unwrap_or(default_domain);
+                    a::user_rm(&store, &user, &d).await?;
+                    println!("removed {user}@{d}");
+                }
+                AdminCommand::User(UserCommand::List { domain }) => {
+                    for u in a::user_list(&store, domain.as_deref()).await? {
+                        println!("{}@{}", u.username, u.domain);
+                    }
+                }
+                AdminCommand::Location(LocationCommand::Show { user }) => {
+                    let aor = user.map(|u| {
+                        let (name, domain) = u.split_once('@').unwrap_or((&u, &default_domain));
+                        rtcgate::registrar::aor_for(name, domain)
+                    });
+                    let rows = a::location_show(&store, aor.as_deref(), now).await?;
+                    if rows.is_empty() {
+                        println!("no registrations");
+                    }
+                    for r in rows {
+                        println!(
+                            "{}  {}  expires in {}s  from {}  flow {}  node {}",
+                            r.aor,
+                            r.contact,
+                            r.expires_in,
+                            r.received.as_deref().unwrap_or("-"),
+                            r.flow_id.as_deref().unwrap_or("-"),
+                            r.node_id
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 fn init_tracing(default: &str) {

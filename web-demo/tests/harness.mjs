@@ -204,6 +204,9 @@ wss_listen = ["127.0.0.1:${port}"]
 ws_listen = []
 allowed_origins = ["${origin}", "https://localhost:${port}"]
 
+[database]
+url = "sqlite://${join(dir, "rtcgate.db")}?mode=rwc"
+
 [tls]
 cert = "${join(certDir, "cert.pem")}"
 key = "${join(certDir, "key.pem")}"
@@ -211,6 +214,11 @@ generate_dev_cert = true
 
 ${opts.extraToml || ""}
 `);
+  // Subscribers, added with the real CLI before the gateway starts.
+  for (const [user, password] of opts.users || [["1001", "secret"]]) {
+    const r = run(rtcgateBin(), ["user", "add", "--config", configPath, user, password]);
+    if (r.status !== 0) throw new Error(`rtcgate user add ${user}: ${r.stderr || r.error}`);
+  }
   const proc = startProcess("rtcgate", rtcgateBin(), ["run", "--config", configPath, "--web-root", DIST], {
     logFile: join(dir, "rtcgate.log"),
     cwd: dir,

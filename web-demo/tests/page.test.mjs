@@ -1,10 +1,10 @@
 // The demo page against today's rtcgate (transports only: OPTIONS to itself
-// gets 200, every other request 501). Real Chromium, real gateway.
+// registers with digest, refuses wrong passwords). Real Chromium, real gateway.
 
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import {
-  assertPresent, demoState, freeTcpPort, launchBrowser, openDemo, skipUnlessPresent, startGateway, waitForDemo,
+  assertPresent, demoState, freeTcpPort, launchBrowser, openDemo, rtcgateBin, run, skipUnlessPresent, startGateway, waitForDemo,
 } from "./harness.mjs";
 import { summarize } from "../src/stats.js";
 
@@ -67,39 +67,56 @@ describe("web demo served by rtcgate", { skip: skipUnlessPresent(PARTS), timeout
     await page.close();
   });
 
-  test("a REGISTER answered 501 is reported in the error area with the reason phrase", async () => {
-    const page = await openDemo(browser, gw);
+  test("the right password registers (digest through SIP.js)", async () => {
+    const page = await openDemo(browser, gw, { user: "1001", password: "secret" });
     await page.click("#btn-register");
-    const s = await waitForDemo(page, "registration failed", (st) => st.registration === "failed");
-    assert.equal(s.lastError.kind, "sip");
-    assert.equal(s.lastError.code, 501);
-    assert.equal(s.lastError.reason, "Not Implemented");
-    assert.ok(await page.isVisible("#error"));
-    assert.match(await page.textContent("#error-text"), /^Registration failed: 501 Not Implemented/);
-    assert.equal(await page.textContent("#pill-registration b"), "failed");
-    // The wire, as SIP.js saw it: REGISTER out, 501 back; no retry loop.
-    const out = s.sipTrace.filter((m) => m.dir === "out" && m.text.startsWith("REGISTER "));
-    const back = s.sipTrace.filter((m) => m.dir === "in" && m.text.startsWith("SIP/2.0 501"));
-    assert.equal(out.length, 1, "one REGISTER");
-    assert.equal(back.length, 1, "one 501");
-    assert.match(out[0].text, /^Via: SIP\/2.0\/WSS [a-z0-9]+\.invalid;/m);
-    await new Promise((r) => setTimeout(r, 1500));
-    const later = await demoState(page);
-    assert.equal(later.sipTrace.filter((m) => m.dir === "out" && m.text.startsWith("REGISTER ")).length, 1, "not retried");
+    const s = await waitForDemo(page, "registered", (st) => st.registration === "registered");
+    assert.equal(s.lastError, null);
+    // SIP.js answered the MD5 challenge, the last of the two rtcgate sends.
+    const challenge = s.sipTrace.find((m) => m.dir === "in" && m.text.startsWith("SIP/2.0 401"));
+    assert.ok(challenge, "challenged first");
+    const auths = challenge.text.match(/^WWW-Authenticate: .*$/gim) || [];
+    assert.equal(auths.length, 2);
+    assert.match(auths[0], /SHA-256/);
+    assert.match(auths[1], /MD5/);
+    const shown = run(rtcgateBin(), ["location", "show", "--config", gw.configPath, "1001"]);
+    assert.match(shown.stdout, /sip:1001@127\.0\.0\.1/, shown.stdout + shown.stderr);
+    await page.click("#btn-unregister");
+    await waitForDemo(page, "unregistered", (st) => st.registration !== "registered");
     await page.close();
   });
 
-  test("an INVITE answered 501 ends the call with the reason shown and logged", async () => {
+  test("a wrong password is refused with 403, shown, and nothing is stored", async () => {
+    const page = await openDemo(browser, gw, { user: "1001", password: "wrong" });
+    await page.click("#btn-register");
+    const s = await waitForDemo(page, "registration failed", (st) => st.registration === "failed");
+    assert.equal(s.lastError.kind, "sip");
+    assert.equal(s.lastError.code, 403);
+    assert.ok(await page.isVisible("#error"));
+    assert.match(await page.textContent("#error-text"), /^Registration failed: 403 Forbidden/);
+    assert.equal(await page.textContent("#pill-registration b"), "failed");
+    const out = s.sipTrace.filter((m) => m.dir === "out" && m.text.startsWith("REGISTER "));
+    assert.equal(out.length, 2, "REGISTER, then REGISTER with credentials");
+    assert.match(out[0].text, /^Via: SIP\/2.0\/WSS [a-z0-9]+\.invalid;/m);
+    await new Promise((r) => setTimeout(r, 1500));
+    const later = await demoState(page);
+    assert.equal(later.sipTrace.filter((m) => m.dir === "out" && m.text.startsWith("REGISTER ")).length, 2, "not retried");
+    const shown = run(rtcgateBin(), ["location", "show", "--config", gw.configPath, "1001"]);
+    assert.match(shown.stdout, /no registrations/, shown.stdout + shown.stderr);
+    await page.close();
+  });
+
+  test("a call to an unknown number ends with 404, shown and logged", async () => {
     const page = await openDemo(browser, gw);
     await page.fill("#number", "2000");
     await page.click("#btn-call");
     const s = await waitForDemo(page, "call failed", (st) => st.call === "idle" && st.lastCall && st.lastError);
-    assert.equal(s.lastError.code, 501);
-    assert.match(await page.textContent("#error-text"), /^Call failed: 501 Not Implemented/);
+    assert.equal(s.lastError.code, 404);
+    assert.match(await page.textContent("#error-text"), /^Call failed: 404 Not Found/);
     assert.equal(s.lastCall.direction, "out");
     assert.equal(s.lastCall.peer, "2000@127.0.0.1");
-    assert.equal(s.lastCall.result, "501 Not Implemented");
-    assert.match(await page.textContent("#calllog-body"), /2000@127\.0\.0\.1.*501 Not Implemented/);
+    assert.equal(s.lastCall.result, "404 Not Found");
+    assert.match(await page.textContent("#calllog-body"), /2000@127\.0\.0\.1.*404 Not Found/);
     const invite = s.sipTrace.find((m) => m.dir === "out" && m.text.startsWith("INVITE sip:2000@127.0.0.1 "));
     assert.ok(invite, "INVITE sent");
     // A WebRTC offer: DTLS-SRTP, ICE, rtcp-mux, no public STUN server used.

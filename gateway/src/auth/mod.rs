@@ -27,6 +27,9 @@ pub use params::{Credentials, ParseError, parse_credentials, quote};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 
+/// The RFC 8760 order of challenges: most preferred first.
+pub const DEFAULT_ORDER: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Md5];
+
 /// Settings for [`DigestAuth`].
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
@@ -222,9 +225,23 @@ impl DigestAuth {
         &self.config
     }
 
-    /// Builds a challenge for `method` with a nonce issued at `now`.
+    /// Builds a challenge for `method` with a nonce issued at `now`, SHA-256
+    /// first and MD5 last (RFC 8760 order; SIP.js uses the last one).
     pub fn challenge(&self, now: i64, method: &str, stale: bool) -> Challenge {
-        self.challenge_with_random(now, method, stale, rand::random())
+        self.challenge_ordered(now, method, stale, &DEFAULT_ORDER)
+    }
+
+    /// Like [`challenge`](Self::challenge) with the algorithms in the given
+    /// order (one header each). Legacy phones and sipp take the *first*
+    /// header and support only MD5, so UDP clients get MD5 first.
+    pub fn challenge_ordered(
+        &self,
+        now: i64,
+        method: &str,
+        stale: bool,
+        order: &[Algorithm],
+    ) -> Challenge {
+        self.build_challenge(now, method, stale, rand::random(), order)
     }
 
     /// Like [`challenge`](Self::challenge) with caller-supplied nonce randomness.
@@ -235,10 +252,27 @@ impl DigestAuth {
         stale: bool,
         random: [u8; 8],
     ) -> Challenge {
+        self.build_challenge(now, method, stale, random, &DEFAULT_ORDER)
+    }
+
+    fn build_challenge(
+        &self,
+        now: i64,
+        method: &str,
+        stale: bool,
+        random: [u8; 8],
+        order: &[Algorithm],
+    ) -> Challenge {
         let nonce = self.nonces.issue(now, random);
         let realm = quote(&self.config.realm);
-        let values = [Algorithm::Sha256, Algorithm::Md5]
-            .into_iter()
+        let order = if order.is_empty() {
+            &DEFAULT_ORDER[..]
+        } else {
+            order
+        };
+        let values = order
+            .iter()
+            .copied()
             .map(|alg| {
                 let mut v = format!(
                     "Digest realm={realm}, nonce=\"{nonce}\", opaque=\"{}\", algorithm={}, qop=\"auth\"",

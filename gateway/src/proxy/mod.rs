@@ -4,6 +4,7 @@
 //! requests go, keeps rtcgate in the path with Record-Route, forks, picks
 //! the best final response and cancels what is no longer wanted.
 
+pub mod location;
 pub mod route;
 pub mod routing;
 pub mod shell;
@@ -25,10 +26,63 @@ use crate::transport::{Destination, FlowId, Kind, Source};
 use route::{Keyed, Local};
 use routing::{Decision, Router, Target};
 
-/// Answers REGISTER requests addressed to rtcgate (the registrar plugs in here).
-pub trait Registrar: Send + Sync {
-    /// The response to a REGISTER received from `source`.
-    fn register(&self, req: &rsip::Request, source: &Source, now: Instant) -> rsip::Response;
+/// Work the proxy hands to the shell because it waits on I/O (the database);
+/// the outcome comes back through [`Proxy::task_done`]. Retransmissions
+/// meanwhile are absorbed by the transaction layer.
+#[derive(Debug, Clone)]
+pub enum Task {
+    /// Check the request's digest credentials.
+    Authenticate {
+        /// The parked server transaction.
+        key: ServerKey,
+        /// The request.
+        request: rsip::Request,
+        /// Where it came from (the challenge order depends on the transport).
+        source: Source,
+    },
+    /// Process a REGISTER.
+    Register {
+        /// The parked server transaction.
+        key: ServerKey,
+        /// The REGISTER.
+        request: rsip::Request,
+        /// Where it came from (flow and address for the binding).
+        source: Source,
+        /// The authenticated user, when authentication ran.
+        user: Option<String>,
+    },
+}
+
+/// The outcome of a [`Task`].
+#[derive(Debug, Clone)]
+pub enum TaskResult {
+    /// Authentication finished: the user name, or the response to send
+    /// (challenge, 403, 503...).
+    Authenticated {
+        /// The parked server transaction.
+        key: ServerKey,
+        /// The outcome.
+        result: Result<String, rsip::Response>,
+    },
+    /// The registrar's response.
+    Registered {
+        /// The server transaction.
+        key: ServerKey,
+        /// The response.
+        response: rsip::Response,
+    },
+}
+
+/// What to do with a parked request once it is authenticated.
+enum AfterAuth {
+    Register,
+    Route { routes: Vec<String> },
+}
+
+struct Parked {
+    source: Source,
+    request: rsip::Request,
+    next: AfterAuth,
 }
 
 /// Tells the proxy whether a WebSocket flow is still open.
@@ -50,6 +104,10 @@ pub struct ProxyConfig {
     pub server_header: String,
     /// Transaction timers and limits.
     pub transactions: TransactionConfig,
+    /// Authenticate REGISTERs and initial requests from untrusted sources.
+    pub auth_required: bool,
+    /// Sources accepted without authentication (PBXes).
+    pub trusted: Vec<crate::config::TrustedSource>,
 }
 
 /// One client branch of a forwarded request.
@@ -90,9 +148,13 @@ pub struct Proxy {
     local: Local,
     keyed: Keyed,
     router: Arc<dyn Router>,
-    registrar: Option<Arc<dyn Registrar>>,
     flows: Arc<dyn Flows>,
     server_header: String,
+    auth_required: bool,
+    trusted: Vec<crate::config::TrustedSource>,
+    registrar_enabled: bool,
+    parked: HashMap<ServerKey, Parked>,
+    tasks: VecDeque<Task>,
     forwards: HashMap<ServerKey, Forward>,
     owners: HashMap<ClientKey, (ServerKey, usize)>,
     sends: VecDeque<(Destination, Bytes)>,
@@ -111,11 +173,12 @@ pub struct Outgoing {
 
 impl Proxy {
     /// A proxy for the given local addresses, router and flow view.
+    /// `registrar_enabled` says whether the shell runs [`Task::Register`].
     pub fn new(
         config: ProxyConfig,
         local: Local,
         router: Arc<dyn Router>,
-        registrar: Option<Arc<dyn Registrar>>,
+        registrar_enabled: bool,
         flows: Arc<dyn Flows>,
     ) -> Self {
         Self {
@@ -123,9 +186,13 @@ impl Proxy {
             local,
             keyed: Keyed::default(),
             router,
-            registrar,
             flows,
             server_header: config.server_header,
+            auth_required: config.auth_required,
+            trusted: config.trusted,
+            registrar_enabled,
+            parked: HashMap::new(),
+            tasks: VecDeque::new(),
             forwards: HashMap::new(),
             owners: HashMap::new(),
             sends: VecDeque::new(),
@@ -160,6 +227,87 @@ impl Proxy {
         self.sends
             .pop_front()
             .map(|(dest, data)| Outgoing { dest, data })
+    }
+
+    /// The next asynchronous task for the shell.
+    pub fn poll_task(&mut self) -> Option<Task> {
+        self.tasks.pop_front()
+    }
+
+    /// The outcome of a task.
+    pub fn task_done(&mut self, now: Instant, result: TaskResult) {
+        match result {
+            TaskResult::Authenticated { key, result } => {
+                let Some(parked) = self.parked.remove(&key) else {
+                    return;
+                };
+                match (result, parked.next) {
+                    (Err(resp), _) => self.send_final(now, key, resp),
+                    (Ok(user), AfterAuth::Register) => self.tasks.push_back(Task::Register {
+                        key,
+                        request: parked.request,
+                        source: parked.source,
+                        user: Some(user),
+                    }),
+                    (Ok(_), AfterAuth::Route { routes }) => {
+                        self.route_initial(now, key, parked.source, parked.request, routes)
+                    }
+                }
+            }
+            TaskResult::Registered { key, response } => self.send_final(now, key, response),
+        }
+        self.drain(now);
+    }
+
+    fn is_trusted(&self, source: &Source) -> bool {
+        matches!(source, Source::Udp { .. })
+            && self.trusted.iter().any(|t| t.matches(source.peer()))
+    }
+
+    fn park_for_auth(
+        &mut self,
+        key: ServerKey,
+        source: Source,
+        request: rsip::Request,
+        next: AfterAuth,
+    ) {
+        self.tasks.push_back(Task::Authenticate {
+            key,
+            request: request.clone(),
+            source,
+        });
+        self.parked.insert(
+            key,
+            Parked {
+                source,
+                request,
+                next,
+            },
+        );
+    }
+
+    /// Routes an initial request addressed to one of our users.
+    fn route_initial(
+        &mut self,
+        now: Instant,
+        key: ServerKey,
+        source: Source,
+        req: rsip::Request,
+        routes: Vec<String>,
+    ) {
+        let facts = route::facts_of(&req.uri);
+        let targets = match self.router.route(&req, &facts, &source) {
+            Decision::Forward(t) if !t.is_empty() => t,
+            Decision::Forward(_) => {
+                self.reply(now, key, &req, 480, Some("Temporarily Unavailable"));
+                return;
+            }
+            Decision::Reject(code, reason) => {
+                self.reply(now, key, &req, code, Some(reason));
+                return;
+            }
+        };
+        self.forward(now, key, source, req, routes, targets, true);
     }
 
     /// A flow closed: branches waiting on it fail now instead of at timer B.
@@ -293,17 +441,32 @@ impl Proxy {
             })
         } else {
             let facts = route::facts_of(&req.uri);
+            let needs_auth = self.auth_required && !self.is_trusted(&source);
             if !self.local.is_our_domain(&facts.host) {
                 Err((403, "Relay Denied"))
-            } else if facts.user.is_none() || req.method == rsip::Method::Register {
+            } else if req.method == rsip::Method::Register {
+                if !self.registrar_enabled {
+                    self.reply(now, key, &req, 501, Some("Registrar Not Enabled"));
+                } else if needs_auth {
+                    self.park_for_auth(key, source, req, AfterAuth::Register);
+                } else {
+                    self.tasks.push_back(Task::Register {
+                        key,
+                        request: req,
+                        source,
+                        user: None,
+                    });
+                }
+                return;
+            } else if facts.user.is_none() {
                 self.local_request(now, key, source, &req);
                 return;
+            } else if needs_auth {
+                self.park_for_auth(key, source, req, AfterAuth::Route { routes });
+                return;
             } else {
-                match self.router.route(&req, &facts, &source) {
-                    Decision::Forward(t) if !t.is_empty() => Ok(t),
-                    Decision::Forward(_) => Err((480, "Temporarily Unavailable")),
-                    Decision::Reject(code, reason) => Err((code, reason)),
-                }
+                self.route_initial(now, key, source, req, routes);
+                return;
             }
         };
         match target {
@@ -328,7 +491,13 @@ impl Proxy {
     }
 
     /// Requests for rtcgate itself: OPTIONS (keepalive/health) and REGISTER.
-    fn local_request(&mut self, now: Instant, key: ServerKey, source: Source, req: &rsip::Request) {
+    fn local_request(
+        &mut self,
+        now: Instant,
+        key: ServerKey,
+        _source: Source,
+        req: &rsip::Request,
+    ) {
         match req.method {
             rsip::Method::Options => {
                 let mut resp =
@@ -343,13 +512,6 @@ impl Proxy {
                     )));
                 self.send_final(now, key, resp);
             }
-            rsip::Method::Register => match &self.registrar {
-                Some(r) => {
-                    let resp = r.register(req, &source, now);
-                    self.send_final(now, key, resp);
-                }
-                None => self.reply(now, key, req, 501, Some("Registrar Not Enabled")),
-            },
             _ => {
                 let mut resp =
                     transaction::make_response(req, 405, None, Some(&crate::sip::new_tag()));
@@ -750,6 +912,7 @@ impl Proxy {
                     self.owners.remove(&ck);
                 }
                 Output::Terminated(TransactionKey::Server(sk)) => {
+                    self.parked.remove(&sk);
                     if let Some(fwd) = self.forwards.remove(&sk) {
                         for b in fwd.branches {
                             if let Some(k) = b.key {

@@ -6,13 +6,85 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::Proxy;
+use super::{Proxy, Task, TaskResult};
+use crate::auth::DigestAuth;
+use crate::registrar::{self, RegisterContext, RegistrarConfig};
 use crate::sip::Checked;
+use crate::store::LocationService;
 use crate::transport::{FlowId, Handler, Source, Transports};
 
 enum Event {
     Message(Source, Box<Checked>),
     FlowClosed(FlowId),
+    TaskDone(TaskResult),
+}
+
+/// What the shell needs to run the proxy's tasks.
+pub struct Services {
+    /// Digest authentication (nonces, replay tracking).
+    pub auth: std::sync::Mutex<DigestAuth>,
+    /// Registrations, cached in memory, written through to the database.
+    pub location: Arc<LocationService>,
+    /// Registrar settings.
+    pub registrar: RegistrarConfig,
+    /// Challenge order for WebSocket clients.
+    pub ws_algorithms: Vec<crate::auth::Algorithm>,
+    /// Challenge order for UDP clients.
+    pub udp_algorithms: Vec<crate::auth::Algorithm>,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+async fn run_task(services: &Services, task: Task) -> TaskResult {
+    match task {
+        Task::Authenticate {
+            key,
+            request,
+            source,
+        } => {
+            let order = match source {
+                Source::Udp { .. } => &services.udp_algorithms,
+                Source::Ws { .. } => &services.ws_algorithms,
+            };
+            let result = registrar::authenticate_request_ordered(
+                &services.auth,
+                services.location.store(),
+                &request,
+                unix_now(),
+                order,
+            )
+            .await
+            .map(|ok| ok.username);
+            TaskResult::Authenticated { key, result }
+        }
+        Task::Register {
+            key,
+            request,
+            source,
+            user,
+        } => {
+            let flow = match source {
+                Source::Ws { flow, .. } => Some(flow.to_string()),
+                Source::Udp { .. } => None,
+            };
+            let ctx = RegisterContext {
+                now: unix_now(),
+                flow_id: flow.as_deref(),
+                source: Some(source.peer()),
+                node_id: services.location.node_id(),
+                authenticated_user: user.as_deref(),
+            };
+            let response =
+                registrar::handle_register(&services.location, &services.registrar, &request, &ctx)
+                    .await;
+            TaskResult::Registered { key, response }
+        }
+    }
 }
 
 /// The transports' handler: queues everything for the core task.
@@ -31,24 +103,48 @@ impl Handler for ProxyHandle {
 }
 
 /// Starts the core task; returns the handler to give the transports.
-pub fn spawn(proxy: Proxy, transports: Transports) -> Arc<ProxyHandle> {
+pub fn spawn(
+    proxy: Proxy,
+    transports: Transports,
+    services: Option<Arc<Services>>,
+) -> Arc<ProxyHandle> {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(proxy, transports, rx));
+    if let Some(s) = &services {
+        tokio::spawn(purge_loop(s.clone()));
+    }
+    tokio::spawn(run(proxy, transports, rx, tx.clone(), services));
     Arc::new(ProxyHandle { tx })
 }
 
-async fn run(mut proxy: Proxy, transports: Transports, mut rx: mpsc::UnboundedReceiver<Event>) {
+/// Drops expired registrations from the cache and the database.
+async fn purge_loop(services: Arc<Services>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        if let Err(e) = services.location.purge_expired(unix_now()).await {
+            tracing::warn!(error = %e, "expiry purge failed; will retry");
+        }
+    }
+}
+
+async fn run(
+    mut proxy: Proxy,
+    transports: Transports,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    tx: mpsc::UnboundedSender<Event>,
+    services: Option<Arc<Services>>,
+) {
     loop {
         let deadline = proxy.poll_timeout().map(Instant::from_std);
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
                 let now = std::time::Instant::now();
-                handle(&mut proxy, now, ev);
+                handle(&mut proxy, now, ev, &services);
                 // Take what is already queued before flushing.
                 for _ in 0..64 {
                     match rx.try_recv() {
-                        Ok(ev) => handle(&mut proxy, now, ev),
+                        Ok(ev) => handle(&mut proxy, now, ev, &services),
                         Err(_) => break,
                     }
                 }
@@ -56,6 +152,14 @@ async fn run(mut proxy: Proxy, transports: Transports, mut rx: mpsc::UnboundedRe
             _ = sleep_until(deadline) => {
                 proxy.handle_timeout(std::time::Instant::now());
             }
+        }
+        while let Some(task) = proxy.poll_task() {
+            let (tx, services) = (tx.clone(), services.clone());
+            tokio::spawn(async move {
+                let Some(services) = services else { return };
+                let result = run_task(&services, task).await;
+                let _ = tx.send(Event::TaskDone(result));
+            });
         }
         while let Some(send) = proxy.poll_send() {
             if let Err(e) = transports.send(send.dest, send.data) {
@@ -65,10 +169,21 @@ async fn run(mut proxy: Proxy, transports: Transports, mut rx: mpsc::UnboundedRe
     }
 }
 
-fn handle(proxy: &mut Proxy, now: std::time::Instant, ev: Event) {
+fn handle(proxy: &mut Proxy, now: std::time::Instant, ev: Event, services: &Option<Arc<Services>>) {
     match ev {
         Event::Message(source, msg) => proxy.handle_message(now, source, *msg),
-        Event::FlowClosed(flow) => proxy.flow_closed(now, flow),
+        Event::FlowClosed(flow) => {
+            proxy.flow_closed(now, flow);
+            // A registration bound to a WebSocket flow ends with the flow.
+            if let Some(s) = services.clone() {
+                tokio::spawn(async move {
+                    if let Err(e) = s.location.flow_closed(&flow.to_string()).await {
+                        tracing::warn!(error = %e, flow, "could not remove the flow's registrations");
+                    }
+                });
+            }
+        }
+        Event::TaskDone(result) => proxy.task_done(now, result),
     }
 }
 

@@ -18,6 +18,17 @@ pub async fn authenticate_request(
     req: &rsip::Request,
     now: i64,
 ) -> Result<AuthOk, rsip::Response> {
+    authenticate_request_ordered(auth, store, req, now, &crate::auth::DEFAULT_ORDER).await
+}
+
+/// Like [`authenticate_request`], challenging with the algorithms in `order`.
+pub async fn authenticate_request_ordered(
+    auth: &Mutex<DigestAuth>,
+    store: &Store,
+    req: &rsip::Request,
+    now: i64,
+    order: &[crate::auth::Algorithm],
+) -> Result<AuthOk, rsip::Response> {
     let method = req.method.to_string();
     let kind = ChallengeKind::for_method(&method);
     let values: Vec<&str> = req
@@ -34,7 +45,7 @@ pub async fn authenticate_request(
     let selected = lock(auth).select_credentials(&values);
     let creds = match selected {
         Ok(c) => c,
-        Err(f) => return Err(failure_response(auth, req, &method, &f, now)),
+        Err(f) => return Err(failure_response(auth, req, &method, &f, now, order)),
     };
     let realm = lock(auth).config().realm.clone();
     let sub = match store.get_subscriber(&creds.username, &realm).await {
@@ -55,7 +66,7 @@ pub async fn authenticate_request(
         Ok(ok) => Ok(ok),
         Err(f) => {
             tracing::info!(user = %creds.username, reason = %f, "authentication failed");
-            Err(failure_response(auth, req, &method, &f, now))
+            Err(failure_response(auth, req, &method, &f, now, order))
         }
     }
 }
@@ -72,10 +83,11 @@ pub fn failure_response(
     method: &str,
     failure: &AuthFailure,
     now: i64,
+    order: &[crate::auth::Algorithm],
 ) -> rsip::Response {
     match failure.action() {
         AuthAction::Challenge { stale } => {
-            let ch = lock(auth).challenge(now, method, stale);
+            let ch = lock(auth).challenge_ordered(now, method, stale, order);
             make_response(req, ch.kind.status(), ch.headers())
         }
         AuthAction::Forbidden => make_response(req, 403, vec![]),

@@ -18,7 +18,7 @@ mod authenticate;
 mod contact;
 mod response;
 
-pub use authenticate::{authenticate_request, failure_response};
+pub use authenticate::{authenticate_request, authenticate_request_ordered, failure_response};
 pub use contact::{ContactError, ContactSpec, Contacts, parse_contacts};
 pub use response::make_response;
 

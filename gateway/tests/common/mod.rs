@@ -35,6 +35,9 @@ impl TestGateway {
         config.tls.cert = dir.path().join("certs/cert.pem");
         config.tls.key = dir.path().join("certs/key.pem");
         config.tls.reload_check_ms = 100;
+        config.database.url = format!("sqlite://{}/rtcgate.db?mode=rwc", dir.path().display());
+        // Most tests are about routing; the auth tests switch it back on.
+        config.auth.required = false;
         tweak(&mut config);
         let app = App::start(config, None).await.unwrap();
         Self { app, dir }
