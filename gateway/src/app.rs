@@ -22,6 +22,9 @@ pub enum AppError {
     /// Listeners.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// rtpengine client.
+    #[error("rtpengine: {0}")]
+    Media(crate::media::MediaError),
     /// The database.
     #[error("database ({url}): {source}")]
     Store {
@@ -117,9 +120,26 @@ impl App {
             rand::rng().random()
         });
         let (ws_algorithms, udp_algorithms) = config.auth.algorithm_orders();
+        let media_enabled = config.rtpengine.enabled;
+        let media = if media_enabled {
+            let (media, mut events) = crate::media::Media::start(config.rtpengine.clone())
+                .await
+                .map_err(AppError::Media)?;
+            tokio::spawn(async move {
+                while let Some(ev) = events.recv().await {
+                    // Tearing down the SIP side of a dead call needs dialog
+                    // state (issue: BYE toward the PBX when a browser drops).
+                    tracing::warn!(?ev, "media teardown requested");
+                }
+            });
+            Some(media)
+        } else {
+            None
+        };
         let services = Arc::new(shell::Services {
             ws_algorithms,
             udp_algorithms,
+            media,
             auth: std::sync::Mutex::new(crate::auth::DigestAuth::new(auth_cfg, secret)),
             location: location.clone(),
             registrar: crate::registrar::RegistrarConfig {
@@ -166,6 +186,7 @@ impl App {
                         },
                         auth_required: cfg.auth.required,
                         trusted,
+                        media: media_enabled,
                     },
                     local,
                     Arc::new(StaticRouter::new(

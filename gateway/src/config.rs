@@ -67,6 +67,8 @@ pub struct Config {
     pub auth: Auth,
     /// Registration lifetimes.
     pub registrar: Registrar,
+    /// rtpengine and the media policy (`[rtpengine]`).
+    pub rtpengine: crate::media::MediaConfig,
 }
 
 /// The SQL database (SQLite embedded by default; MariaDB or PostgreSQL by URL).
@@ -588,6 +590,9 @@ impl Config {
         }
         if r.max_contacts == 0 {
             return bad("registrar.max_contacts", "must be positive");
+        }
+        if let Err(e) = self.rtpengine.validate() {
+            return Err((format!("rtpengine.{}", e.key), e.message));
         }
         if self.tls.reload_check_ms == 0 {
             return bad("tls.reload_check_ms", "must be positive");

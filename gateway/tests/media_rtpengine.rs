@@ -3,111 +3,16 @@
 //! fixtures). Needs the Debian `rtpengine-daemon` binary; skipped when absent unless
 //! `CI=true`, where its absence fails the test.
 
-use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rtcgate::media::{
     EndReason, LegProfile, Media, MediaConfig, MediaError, RtpengineInstance, SdpContext,
 };
+mod common;
+
 use rtcgate_sdp::{Direction, Limits, MediaProfile, SdpInfo, SetupRole, inspect};
 
-// ---------------------------------------------------------------- rtpengine daemon
-
-fn rtpengine_bin() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("RTPENGINE_BIN").map(PathBuf::from),
-        Some(PathBuf::from("/usr/bin/rtpengine")),
-        Some(PathBuf::from("/usr/sbin/rtpengine")),
-    ];
-    candidates.into_iter().flatten().find(|p| p.is_file())
-}
-
-/// `Some(path)`, or `None` when the test should be skipped (never under `CI=true`).
-fn need_rtpengine() -> Option<PathBuf> {
-    let bin = rtpengine_bin();
-    if bin.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "rtpengine binary missing (install rtpengine-daemon)"
-        );
-        eprintln!("SKIPPED: rtpengine not installed");
-    }
-    bin
-}
-
-/// A running daemon, killed (by PID, through its handle) on drop.
-struct Daemon {
-    child: Child,
-    ng: SocketAddr,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_udp_port() -> SocketAddr {
-    let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap()
-}
-
-impl Daemon {
-    fn start(bin: &PathBuf) -> Daemon {
-        let ng = free_udp_port();
-        // A media port range of its own, derived from the ng port.
-        let base = 30_000 + (u32::from(ng.port()) % 290) * 100;
-        let child = Command::new(bin)
-            .args([
-                "--config-file=none",
-                "--table=-1",
-                "--foreground",
-                "--log-stderr",
-                "--log-level=4",
-                &format!("--listen-ng={ng}"),
-                "--interface=127.0.0.1",
-                &format!("--port-min={base}"),
-                &format!("--port-max={}", base + 99),
-                "--delete-delay=0",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn rtpengine");
-        let mut d = Daemon { child, ng };
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut buf = [0u8; 256];
-        loop {
-            let _ = sock.send_to(b"p1 d7:command4:pinge", ng);
-            if let Ok(n) = sock.recv(&mut buf)
-                && buf.get(..n).is_some_and(|b| b.ends_with(b"4:ponge"))
-            {
-                return d;
-            }
-            if let Ok(Some(status)) = d.child.try_wait() {
-                panic!("rtpengine exited early: {status}");
-            }
-            assert!(Instant::now() < deadline, "rtpengine did not answer ping");
-        }
-    }
-
-    fn config(&self) -> MediaConfig {
-        MediaConfig {
-            instances: vec![RtpengineInstance {
-                address: self.ng,
-                weight: 1,
-            }],
-            ..MediaConfig::default()
-        }
-    }
-}
+use common::rtpengine::{Daemon, free_udp_port, need_rtpengine};
 
 // ---------------------------------------------------------------- helpers
 

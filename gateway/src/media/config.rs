@@ -33,6 +33,9 @@ pub const DEFAULT_POLICY: &str = "default";
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MediaConfig {
+    /// Bridge media through rtpengine. Off: SDP passes untouched (only for
+    /// tests of signalling alone; browsers and PBXes cannot talk then).
+    pub enabled: bool,
     /// rtpengine instances (ng over UDP). New calls are spread by weight (rendezvous hashing
     /// on the Call-ID); a call stays on its instance.
     pub instances: Vec<RtpengineInstance>,
@@ -73,6 +76,7 @@ pub struct MediaConfig {
 impl Default for MediaConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             instances: vec![RtpengineInstance::default()],
             try_timeout_ms: 150,
             tries: 3,

@@ -51,6 +51,93 @@ pub enum Task {
         /// The authenticated user, when authentication ran.
         user: Option<String>,
     },
+    /// rtpengine work.
+    Media(MediaTask),
+}
+
+/// What the media layer needs to know about one SDP-carrying message.
+#[derive(Debug, Clone)]
+pub struct MediaMsg {
+    /// Call-ID.
+    pub call_id: String,
+    /// The message's From tag.
+    pub from_tag: String,
+    /// The message's To tag.
+    pub to_tag: Option<String>,
+    /// Our client branch (the fork) the message belongs to.
+    pub via_branch: String,
+    /// The SDP.
+    pub sdp: Vec<u8>,
+    /// The profile of the leg the message is forwarded to.
+    pub target: rtcgate_sdp::LegProfile,
+    /// The sender's address.
+    pub received_from: Option<std::net::IpAddr>,
+}
+
+/// Media work (rtpengine) the shell runs for the proxy.
+#[derive(Debug, Clone)]
+pub enum MediaTask {
+    /// ng offer for a request about to be forwarded on a branch.
+    Offer {
+        /// The server transaction.
+        key: ServerKey,
+        /// The branch index.
+        branch: usize,
+        /// The message facts.
+        msg: MediaMsg,
+    },
+    /// ng answer (or late offer) for a response about to be forwarded.
+    Answer {
+        /// The server transaction.
+        key: ServerKey,
+        /// The branch index.
+        branch: usize,
+        /// The response.
+        response: rsip::Response,
+        /// The message facts.
+        msg: MediaMsg,
+    },
+    /// An INVITE without SDP was forwarded (late offer follows in the 2xx).
+    NoSdpInvite {
+        /// The message facts (empty SDP).
+        msg: MediaMsg,
+    },
+    /// A final response to an INVITE branch.
+    Final {
+        /// Call-ID.
+        call_id: String,
+        /// Our branch.
+        via_branch: String,
+        /// The status.
+        status: u16,
+    },
+    /// The call ended.
+    Terminate {
+        /// Call-ID.
+        call_id: String,
+        /// Why.
+        reason: crate::media::EndReason,
+    },
+    /// An ACK carrying the answer to a late offer.
+    AckAnswer {
+        /// The ACK, ready to send but for its body.
+        request: rsip::Request,
+        /// Where it goes.
+        dest: Destination,
+        /// The message facts.
+        msg: MediaMsg,
+    },
+}
+
+/// A media failure, as SIP will report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaFailure {
+    /// 488, 503, 500...
+    pub status: u16,
+    /// Text for `Warning: 399`.
+    pub warning: Option<String>,
+    /// Seconds for `Retry-After`.
+    pub retry_after: Option<u32>,
 }
 
 /// The outcome of a [`Task`].
@@ -70,6 +157,32 @@ pub enum TaskResult {
         key: ServerKey,
         /// The response.
         response: rsip::Response,
+    },
+    /// The ng offer for a branch finished: the SDP to send, or why not.
+    Offered {
+        /// The server transaction.
+        key: ServerKey,
+        /// The branch index.
+        branch: usize,
+        /// The rewritten SDP, or the failure.
+        result: Result<Vec<u8>, MediaFailure>,
+    },
+    /// The ng answer finished: the response to forward (body rewritten, or
+    /// removed when rtpengine failed).
+    Answered {
+        /// The server transaction.
+        key: ServerKey,
+        /// The branch index.
+        branch: usize,
+        /// The response.
+        response: rsip::Response,
+    },
+    /// A late-offer ACK is ready to go.
+    AckReady {
+        /// The ACK with its rewritten body.
+        request: rsip::Request,
+        /// Where it goes.
+        dest: Destination,
     },
 }
 
@@ -108,12 +221,18 @@ pub struct ProxyConfig {
     pub auth_required: bool,
     /// Sources accepted without authentication (PBXes).
     pub trusted: Vec<crate::config::TrustedSource>,
+    /// Bridge media through rtpengine (the shell runs [`MediaTask`]s).
+    pub media: bool,
 }
 
 /// One client branch of a forwarded request.
 struct Branch {
     key: Option<ClientKey>,
     dest: Destination,
+    kind: Kind,
+    via_branch: String,
+    /// Waiting for rtpengine's offer before the request can be sent.
+    awaiting_offer: bool,
     /// The request as forwarded (for CANCEL).
     request: rsip::Request,
     provisional: bool,
@@ -129,6 +248,11 @@ struct Forward {
     branches: Vec<Branch>,
     best: Option<rsip::Response>,
     final_sent: bool,
+    /// Responses received but not yet forwarded (kept in order while one
+    /// waits for rtpengine).
+    queue: VecDeque<(usize, rsip::Response)>,
+    /// A response at the head of `queue` is with rtpengine.
+    answering: bool,
 }
 
 /// Counters the proxy keeps.
@@ -153,6 +277,7 @@ pub struct Proxy {
     auth_required: bool,
     trusted: Vec<crate::config::TrustedSource>,
     registrar_enabled: bool,
+    media: bool,
     parked: HashMap<ServerKey, Parked>,
     tasks: VecDeque<Task>,
     forwards: HashMap<ServerKey, Forward>,
@@ -189,8 +314,9 @@ impl Proxy {
             flows,
             server_header: config.server_header,
             auth_required: config.auth_required,
-            trusted: config.trusted,
+            trusted: config.trusted.clone(),
             registrar_enabled,
+            media: config.media,
             parked: HashMap::new(),
             tasks: VecDeque::new(),
             forwards: HashMap::new(),
@@ -255,6 +381,26 @@ impl Proxy {
                 }
             }
             TaskResult::Registered { key, response } => self.send_final(now, key, response),
+            TaskResult::Offered {
+                key,
+                branch,
+                result,
+            } => self.offered(now, key, branch, result),
+            TaskResult::Answered {
+                key,
+                branch,
+                response,
+            } => {
+                if let Some(fwd) = self.forwards.get_mut(&key) {
+                    fwd.answering = false;
+                }
+                self.deliver(now, key, branch, response);
+                self.process_queue(now, key);
+            }
+            TaskResult::AckReady { request, dest } => {
+                self.sends
+                    .push_back((dest, transaction::encode_request(&request)));
+            }
         }
         self.drain(now);
     }
@@ -367,6 +513,12 @@ impl Proxy {
                 };
                 self.reply(now, key, &request, code, None);
                 if let CancelTarget::Pending(invite) = target {
+                    if self.media {
+                        self.tasks.push_back(Task::Media(MediaTask::Terminate {
+                            call_id: call_id_of(&request.headers),
+                            reason: crate::media::EndReason::Cancel,
+                        }));
+                    }
                     self.cancel_branches(now, invite, None);
                 }
             }
@@ -376,6 +528,12 @@ impl Proxy {
     }
 
     fn on_new_request(&mut self, now: Instant, key: ServerKey, source: Source, req: rsip::Request) {
+        if self.media && req.method == rsip::Method::Bye {
+            self.tasks.push_back(Task::Media(MediaTask::Terminate {
+                call_id: call_id_of(&req.headers),
+                reason: crate::media::EndReason::Bye,
+            }));
+        }
         let max_forwards = max_forwards(&req);
         let to_tag = tag_of_header(&req, |h| matches!(h, rsip::Header::To(_)));
         if max_forwards == Some(0) {
@@ -548,6 +706,8 @@ impl Proxy {
             branches: Vec::new(),
             best: None,
             final_sent: false,
+            queue: VecDeque::new(),
+            answering: false,
         };
         for target in targets {
             if let Destination::Flow(f) = target.dest
@@ -582,6 +742,42 @@ impl Proxy {
             }
             out.headers
                 .push_front(rsip::Header::Via(rsip::headers::Via::new(via)));
+            let offers_sdp = self.media
+                && matches!(out.method, rsip::Method::Invite | rsip::Method::Update)
+                && crate::sip::has_sdp(&out.headers, &out.body);
+            if offers_sdp {
+                // rtpengine rewrites the offer for this branch first.
+                let idx = fwd.branches.len();
+                let msg = media_msg(
+                    &out,
+                    &branch,
+                    out.body.clone(),
+                    profile(target.kind),
+                    Some(source.peer().ip()),
+                );
+                fwd.branches.push(Branch {
+                    key: None,
+                    dest: target.dest,
+                    kind: target.kind,
+                    via_branch: branch.clone(),
+                    awaiting_offer: true,
+                    request: out,
+                    provisional: false,
+                    done: false,
+                    cancel_on_provisional: false,
+                });
+                self.tasks.push_back(Task::Media(MediaTask::Offer {
+                    key,
+                    branch: idx,
+                    msg,
+                }));
+                continue;
+            }
+            if self.media && out.method == rsip::Method::Invite {
+                let msg = media_msg(&out, &branch, Vec::new(), profile(target.kind), None);
+                self.tasks
+                    .push_back(Task::Media(MediaTask::NoSdpInvite { msg }));
+            }
             match self
                 .txns
                 .send_request(now, out.clone(), target.dest, target.kind.reliable())
@@ -591,6 +787,9 @@ impl Proxy {
                     fwd.branches.push(Branch {
                         key: Some(ck),
                         dest: target.dest,
+                        kind: target.kind,
+                        via_branch: branch.clone(),
+                        awaiting_offer: false,
                         request: out,
                         provisional: false,
                         done: false,
@@ -700,6 +899,24 @@ impl Proxy {
         }
         req.headers
             .push_front(rsip::Header::Via(rsip::headers::Via::new(via)));
+        if self.media
+            && req.method == rsip::Method::Ack
+            && crate::sip::has_sdp(&req.headers, &req.body)
+        {
+            let msg = media_msg(
+                &req,
+                "",
+                req.body.clone(),
+                profile(kind),
+                Some(source.peer().ip()),
+            );
+            self.tasks.push_back(Task::Media(MediaTask::AckAnswer {
+                request: req,
+                dest,
+                msg,
+            }));
+            return;
+        }
         self.sends
             .push_back((dest, transaction::encode_request(&req)));
     }
@@ -794,6 +1011,189 @@ impl Proxy {
         let Some(fwd) = self.forwards.get_mut(&skey) else {
             return;
         };
+        fwd.queue.push_back((idx, resp));
+        self.process_queue(now, skey);
+    }
+
+    /// rtpengine answered (or failed) the offer of a parked branch.
+    fn offered(
+        &mut self,
+        now: Instant,
+        skey: ServerKey,
+        idx: usize,
+        result: Result<Vec<u8>, MediaFailure>,
+    ) {
+        let Some(fwd) = self.forwards.get_mut(&skey) else {
+            return;
+        };
+        let Some(b) = fwd.branches.get_mut(idx) else {
+            return;
+        };
+        if b.done || !b.awaiting_offer {
+            return;
+        }
+        b.awaiting_offer = false;
+        match result {
+            Ok(sdp) => {
+                let mut out = b.request.clone();
+                crate::sip::replace_body(&mut out.headers, &mut out.body, sdp);
+                b.request = out.clone();
+                let (dest, reliable) = (b.dest, b.kind.reliable());
+                match self.txns.send_request(now, out, dest, reliable) {
+                    Ok(ck) => {
+                        if let Some(b) = self
+                            .forwards
+                            .get_mut(&skey)
+                            .and_then(|f| f.branches.get_mut(idx))
+                        {
+                            b.key = Some(ck);
+                        }
+                        self.owners.insert(ck, (skey, idx));
+                        self.stats.forwarded += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot create client transaction");
+                        self.fail_branch(now, skey, idx, 503, Some("Overloaded"), None, None);
+                    }
+                }
+            }
+            Err(f) => {
+                let reason = match f.status {
+                    503 => "Media Relay Unavailable",
+                    488 => "Not Acceptable Here",
+                    _ => "Media Error",
+                };
+                self.fail_branch(
+                    now,
+                    skey,
+                    idx,
+                    f.status,
+                    Some(reason),
+                    f.warning,
+                    f.retry_after,
+                );
+            }
+        }
+    }
+
+    /// Ends a branch locally with a response as if it had arrived.
+    #[allow(clippy::too_many_arguments)]
+    fn fail_branch(
+        &mut self,
+        now: Instant,
+        skey: ServerKey,
+        idx: usize,
+        code: u16,
+        reason: Option<&str>,
+        warning: Option<String>,
+        retry_after: Option<u32>,
+    ) {
+        let Some(fwd) = self.forwards.get_mut(&skey) else {
+            return;
+        };
+        let mut resp =
+            transaction::make_response(&fwd.request, code, reason, Some(&crate::sip::new_tag()));
+        if let Some(w) = warning {
+            let host = self.local.sent_by(Kind::Udp, None);
+            resp.headers
+                .push(rsip::Header::Warning(rsip::headers::Warning::new(format!(
+                    "399 {host} \"{w}\""
+                ))));
+        }
+        if let Some(secs) = retry_after {
+            resp.headers
+                .push(rsip::Header::RetryAfter(rsip::headers::RetryAfter::new(
+                    secs.to_string(),
+                )));
+        }
+        if let Some(b) = fwd.branches.get_mut(idx) {
+            b.done = true;
+        }
+        let better = fwd
+            .best
+            .as_ref()
+            .is_none_or(|b| rank(code) < rank(b.status_code.code()));
+        if better {
+            fwd.best = Some(resp);
+        }
+        self.maybe_send_best(now, skey);
+    }
+
+    /// Forwards queued responses in order; one that carries SDP for the
+    /// media layer waits for rtpengine and holds the ones behind it.
+    fn process_queue(&mut self, now: Instant, skey: ServerKey) {
+        loop {
+            let media = self.media;
+            let Some(fwd) = self.forwards.get_mut(&skey) else {
+                return;
+            };
+            if fwd.answering {
+                return;
+            }
+            let Some((idx, resp)) = fwd.queue.pop_front() else {
+                return;
+            };
+            let code = resp.status_code.code();
+            let wants_answer = media
+                && matches!(fwd.method, rsip::Method::Invite | rsip::Method::Update)
+                && (180..300).contains(&code)
+                && crate::sip::has_sdp(&resp.headers, &resp.body);
+            if wants_answer {
+                let via_branch = fwd
+                    .branches
+                    .get(idx)
+                    .map(|b| b.via_branch.clone())
+                    .unwrap_or_default();
+                let received_from = match fwd.branches.get(idx).map(|b| b.dest) {
+                    Some(Destination::Udp(a)) => Some(a.ip()),
+                    _ => None,
+                };
+                let target = profile(fwd.source.kind());
+                fwd.answering = true;
+                let msg = MediaMsg {
+                    call_id: call_id_of(&resp.headers),
+                    from_tag: header_tag(&resp.headers, |h| matches!(h, rsip::Header::From(_)))
+                        .unwrap_or_default(),
+                    to_tag: header_tag(&resp.headers, |h| matches!(h, rsip::Header::To(_))),
+                    via_branch,
+                    sdp: resp.body.clone(),
+                    target,
+                    received_from,
+                };
+                self.tasks.push_back(Task::Media(MediaTask::Answer {
+                    key: skey,
+                    branch: idx,
+                    response: resp,
+                    msg,
+                }));
+                return;
+            }
+            self.deliver(now, skey, idx, resp);
+        }
+    }
+
+    /// Forwards one branch response upstream per §16.7.
+    fn deliver(&mut self, now: Instant, skey: ServerKey, idx: usize, resp: rsip::Response) {
+        let code = resp.status_code.code();
+        let media = self.media;
+        let Some(fwd) = self.forwards.get_mut(&skey) else {
+            return;
+        };
+        let is_invite = fwd.method == rsip::Method::Invite;
+        if media
+            && is_invite
+            && code >= 200
+            && let Some(b) = fwd.branches.get(idx)
+        {
+            self.tasks.push_back(Task::Media(MediaTask::Final {
+                call_id: call_id_of(&resp.headers),
+                via_branch: b.via_branch.clone(),
+                status: code,
+            }));
+        }
+        let Some(fwd) = self.forwards.get_mut(&skey) else {
+            return;
+        };
         match code {
             100 => {}
             101..=199 => {
@@ -805,7 +1205,6 @@ impl Proxy {
                 // Every 2xx goes upstream, even after another branch's 2xx
                 // (§16.7 step 5).
                 fwd.final_sent = true;
-                let is_invite = fwd.method == rsip::Method::Invite;
                 let _ = self.txns.send_response(now, &skey, &resp);
                 if is_invite {
                     self.cancel_branches(now, skey, Some(idx));
@@ -835,6 +1234,14 @@ impl Proxy {
         let best = fwd.best.take().unwrap_or_else(|| {
             transaction::make_response(&fwd.request, 408, None, Some(&crate::sip::new_tag()))
         });
+        let initial_invite = fwd.method == rsip::Method::Invite
+            && tag_of_header(&fwd.request, |h| matches!(h, rsip::Header::To(_))).is_none();
+        if self.media && initial_invite {
+            self.tasks.push_back(Task::Media(MediaTask::Terminate {
+                call_id: call_id_of(&fwd.request.headers),
+                reason: crate::media::EndReason::Failed,
+            }));
+        }
         let _ = self.txns.send_response(now, &skey, &best);
     }
 
@@ -848,7 +1255,11 @@ impl Proxy {
             if Some(i) == except || b.done {
                 continue;
             }
-            if b.provisional {
+            if b.awaiting_offer {
+                // Never sent: nothing to cancel downstream.
+                b.awaiting_offer = false;
+                b.done = true;
+            } else if b.provisional {
                 to_cancel.push((b.request.clone(), b.dest));
             } else {
                 // §9.1: no CANCEL before a provisional; send it when one comes.
@@ -857,6 +1268,17 @@ impl Proxy {
         }
         for (req, dest) in to_cancel {
             self.send_cancel(now, &req, dest);
+        }
+        // Branches that ended here (never sent) may complete the set.
+        if except.is_none()
+            && let Some(fwd) = self.forwards.get_mut(&skey)
+            && fwd.branches.iter().all(|b| b.done)
+            && !fwd.final_sent
+        {
+            let resp =
+                transaction::make_response(&fwd.request, 487, None, Some(&crate::sip::new_tag()));
+            fwd.best = Some(resp);
+            self.maybe_send_best(now, skey);
         }
     }
 
@@ -1003,6 +1425,61 @@ impl Proxy {
                 .any(|one| one.contains(&mine)),
             _ => false,
         })
+    }
+}
+
+/// The media profile of a leg, from its transport: browsers speak WebRTC,
+/// everything on UDP plain RTP.
+fn profile(kind: Kind) -> rtcgate_sdp::LegProfile {
+    match kind {
+        Kind::Ws | Kind::Wss => rtcgate_sdp::LegProfile::WebRtc,
+        Kind::Udp => rtcgate_sdp::LegProfile::PlainRtp,
+    }
+}
+
+fn call_id_of(headers: &rsip::Headers) -> String {
+    headers
+        .iter()
+        .find_map(|h| match h {
+            rsip::Header::CallId(c) => Some(c.value().trim().to_owned()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// The `tag` parameter of the first header matching `which`.
+fn header_tag(headers: &rsip::Headers, which: impl Fn(&rsip::Header) -> bool) -> Option<String> {
+    let h = headers.iter().find(|h| which(h))?;
+    let text = h.to_string();
+    let value = text.split_once(':').map_or("", |(_, v)| v);
+    let after = match value.rfind('>') {
+        Some(i) => &value[i + 1..],
+        None => value,
+    };
+    after.split(';').find_map(|p| {
+        let (n, v) = p.split_once('=')?;
+        n.trim()
+            .eq_ignore_ascii_case("tag")
+            .then(|| v.trim().to_owned())
+    })
+}
+
+fn media_msg(
+    req: &rsip::Request,
+    via_branch: &str,
+    sdp: Vec<u8>,
+    target: rtcgate_sdp::LegProfile,
+    received_from: Option<std::net::IpAddr>,
+) -> MediaMsg {
+    MediaMsg {
+        call_id: call_id_of(&req.headers),
+        from_tag: header_tag(&req.headers, |h| matches!(h, rsip::Header::From(_)))
+            .unwrap_or_default(),
+        to_tag: header_tag(&req.headers, |h| matches!(h, rsip::Header::To(_))),
+        via_branch: via_branch.to_owned(),
+        sdp,
+        target,
+        received_from,
     }
 }
 

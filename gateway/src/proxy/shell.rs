@@ -6,8 +6,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Proxy, Task, TaskResult};
+use super::{MediaFailure, MediaMsg, MediaTask, Proxy, Task, TaskResult};
 use crate::auth::DigestAuth;
+use crate::media::{Media, MediaError, SdpContext};
 use crate::registrar::{self, RegisterContext, RegistrarConfig};
 use crate::sip::Checked;
 use crate::store::LocationService;
@@ -31,6 +32,102 @@ pub struct Services {
     pub ws_algorithms: Vec<crate::auth::Algorithm>,
     /// Challenge order for UDP clients.
     pub udp_algorithms: Vec<crate::auth::Algorithm>,
+    /// rtpengine, when media is bridged.
+    pub media: Option<Media>,
+}
+
+fn ctx(m: &MediaMsg) -> SdpContext<'_> {
+    SdpContext {
+        call_id: &m.call_id,
+        from_tag: &m.from_tag,
+        to_tag: m.to_tag.as_deref(),
+        via_branch: &m.via_branch,
+        sdp: &m.sdp,
+        target: m.target,
+        codec_policy: None,
+        received_from: m.received_from,
+    }
+}
+
+fn failure(e: &MediaError) -> MediaFailure {
+    MediaFailure {
+        status: e.sip_status(),
+        warning: e.warning_text(),
+        retry_after: e.retry_after(),
+    }
+}
+
+async fn run_media(media: &Media, task: MediaTask) -> Option<TaskResult> {
+    match task {
+        MediaTask::Offer { key, branch, msg } => {
+            let result = media.offer(&ctx(&msg)).await.map_err(|e| {
+                tracing::warn!(call_id = %msg.call_id, error = %e, "media offer failed");
+                failure(&e)
+            });
+            Some(TaskResult::Offered {
+                key,
+                branch,
+                result,
+            })
+        }
+        MediaTask::Answer {
+            key,
+            branch,
+            mut response,
+            msg,
+        } => {
+            let status = response.status_code.code();
+            match media.answer(&ctx(&msg), status).await {
+                Ok(sdp) => crate::sip::replace_body(&mut response.headers, &mut response.body, sdp),
+                Err(e) => {
+                    // The SDP cannot reach the other side unbridged.
+                    tracing::warn!(call_id = %msg.call_id, error = %e, "media answer failed; body removed");
+                    crate::sip::replace_body(&mut response.headers, &mut response.body, Vec::new());
+                }
+            }
+            Some(TaskResult::Answered {
+                key,
+                branch,
+                response,
+            })
+        }
+        MediaTask::NoSdpInvite { msg } => {
+            if let Err(e) = media.invite_without_sdp(
+                &msg.call_id,
+                &msg.from_tag,
+                msg.to_tag.as_deref(),
+                &msg.via_branch,
+            ) {
+                tracing::debug!(call_id = %msg.call_id, error = %e, "late offer not tracked");
+            }
+            None
+        }
+        MediaTask::Final {
+            call_id,
+            via_branch,
+            status,
+        } => {
+            media.invite_final(&call_id, &via_branch, status).await;
+            None
+        }
+        MediaTask::Terminate { call_id, reason } => {
+            media.terminate(&call_id, reason).await;
+            None
+        }
+        MediaTask::AckAnswer {
+            mut request,
+            dest,
+            msg,
+        } => {
+            match media.answer_in_request(&ctx(&msg)).await {
+                Ok(sdp) => crate::sip::replace_body(&mut request.headers, &mut request.body, sdp),
+                Err(e) => {
+                    tracing::warn!(call_id = %msg.call_id, error = %e, "media answer in ACK failed");
+                }
+            }
+            Some(TaskResult::AckReady { request, dest })
+        }
+    }
 }
 
 fn unix_now() -> i64 {
@@ -40,8 +137,12 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-async fn run_task(services: &Services, task: Task) -> TaskResult {
+async fn run_task(services: &Services, task: Task) -> Option<TaskResult> {
     match task {
+        Task::Media(m) => match &services.media {
+            Some(media) => run_media(media, m).await,
+            None => None,
+        },
         Task::Authenticate {
             key,
             request,
@@ -60,7 +161,7 @@ async fn run_task(services: &Services, task: Task) -> TaskResult {
             )
             .await
             .map(|ok| ok.username);
-            TaskResult::Authenticated { key, result }
+            Some(TaskResult::Authenticated { key, result })
         }
         Task::Register {
             key,
@@ -82,7 +183,7 @@ async fn run_task(services: &Services, task: Task) -> TaskResult {
             let response =
                 registrar::handle_register(&services.location, &services.registrar, &request, &ctx)
                     .await;
-            TaskResult::Registered { key, response }
+            Some(TaskResult::Registered { key, response })
         }
     }
 }
@@ -157,8 +258,9 @@ async fn run(
             let (tx, services) = (tx.clone(), services.clone());
             tokio::spawn(async move {
                 let Some(services) = services else { return };
-                let result = run_task(&services, task).await;
-                let _ = tx.send(Event::TaskDone(result));
+                if let Some(result) = run_task(&services, task).await {
+                    let _ = tx.send(Event::TaskDone(result));
+                }
             });
         }
         while let Some(send) = proxy.poll_send() {

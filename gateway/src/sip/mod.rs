@@ -149,6 +149,35 @@ pub fn stamp_via(req: &mut rsip::Request, peer: SocketAddr) -> Result<(), ParseE
     Ok(())
 }
 
+/// Whether a message body is an SDP (Content-Type application/sdp, or no
+/// Content-Type and a body that starts like one).
+pub fn has_sdp(headers: &rsip::Headers, body: &[u8]) -> bool {
+    if body.is_empty() {
+        return false;
+    }
+    let ctype = headers.iter().find_map(|h| match h {
+        rsip::Header::ContentType(c) => Some(c.value().to_ascii_lowercase()),
+        _ => None,
+    });
+    match ctype {
+        Some(c) => c.trim().starts_with("application/sdp"),
+        None => body.starts_with(b"v=0"),
+    }
+}
+
+/// Replaces a message body and its Content-Length (Content-Type is kept,
+/// or removed with an empty body).
+pub fn replace_body(headers: &mut rsip::Headers, body: &mut Vec<u8>, new: Vec<u8>) {
+    headers.retain(|h| !matches!(h, rsip::Header::ContentLength(_)));
+    if new.is_empty() {
+        headers.retain(|h| !matches!(h, rsip::Header::ContentType(_)));
+    }
+    headers.push(rsip::Header::ContentLength(
+        rsip::headers::ContentLength::new(new.len().to_string()),
+    ));
+    *body = new;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

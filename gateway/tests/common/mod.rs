@@ -1,6 +1,8 @@
 //! Shared helpers for the gateway's integration tests.
 #![allow(dead_code)]
 
+pub mod rtpengine;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +29,13 @@ impl TestGateway {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        // TEST_LOG=rtcgate=debug shows the gateway's logs in failing tests.
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         config.sip.udp_listen = vec!["127.0.0.1:0".parse().unwrap()];
@@ -38,6 +47,8 @@ impl TestGateway {
         config.database.url = format!("sqlite://{}/rtcgate.db?mode=rwc", dir.path().display());
         // Most tests are about routing; the auth tests switch it back on.
         config.auth.required = false;
+        // Signalling tests run without rtpengine; media tests point it at theirs.
+        config.rtpengine.enabled = false;
         tweak(&mut config);
         let app = App::start(config, None).await.unwrap();
         Self { app, dir }
