@@ -360,3 +360,29 @@ impl SippRun {
         self.dump().await;
     }
 }
+
+impl SippRun {
+    /// Like [`SippRun::finish`], also returning the text of every log file
+    /// sipp wrote (e.g. to count its "voluntary lost" messages).
+    pub async fn finish_with_logs(mut self, within: Duration) -> (bool, String) {
+        let ok = match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(s) => s.unwrap().success(),
+            Err(_) => {
+                eprintln!("sipp did not finish within {within:?}; killing it");
+                let _ = self.child.start_kill();
+                let _ = self.child.wait().await;
+                false
+            }
+        };
+        let mut text = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.work.path()) {
+            for e in entries.flatten() {
+                text.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        if !ok || std::env::var_os("SIPP_DUMP").is_some() {
+            self.dump().await;
+        }
+        (ok, text)
+    }
+}
