@@ -187,3 +187,216 @@ pub fn which(bin: &str) -> Option<PathBuf> {
         .map(|d| Path::new(d).join(bin))
         .find(|p| p.is_file())
 }
+
+/// A free UDP port on loopback (bound then released; sipp binds it next).
+pub fn pick_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real sipp process (killed on drop) running a scenario from
+/// `tests/sipp/`, with its logs in a temp dir that is printed on failure.
+pub struct SippRun {
+    child: tokio::process::Child,
+    work: tempfile::TempDir,
+    /// The local UDP port sipp listens on.
+    pub port: u16,
+}
+
+impl SippRun {
+    /// Starts `sipp -sf tests/sipp/<scenario> -i 127.0.0.1 -p <port>` plus
+    /// `args`; `None` when sipp is not installed (the caller decides with
+    /// [`require`]). Always bounded by `-timeout 25s -timeout_error`.
+    pub fn spawn(scenario: &str, args: &[&str]) -> Option<Self> {
+        let sipp = which("sipp")?;
+        let work = tempfile::tempdir().unwrap();
+        let port = pick_udp_port();
+        let scenario = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/sipp")
+            .join(scenario);
+        let child = tokio::process::Command::new(sipp)
+            .current_dir(work.path())
+            .arg("-sf")
+            .arg(scenario)
+            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .args([
+                "-nostdin",
+                "-timeout",
+                "25s",
+                "-timeout_error",
+                "-trace_err",
+                "-trace_msg",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Some(Self { child, work, port })
+    }
+
+    /// Waits (bounded) for sipp to exit; true on exit status 0. On failure
+    /// (or with `SIPP_DUMP` set) prints sipp's stderr and every log file it
+    /// wrote.
+    pub async fn finish(mut self, within: Duration) -> bool {
+        let status = match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(s) => s.unwrap(),
+            Err(_) => {
+                eprintln!("sipp did not finish within {within:?}; killing it");
+                let _ = self.child.start_kill();
+                let _ = self.child.wait().await;
+                self.dump().await;
+                return false;
+            }
+        };
+        if !status.success() || std::env::var_os("SIPP_DUMP").is_some() {
+            eprintln!("sipp exited with {status}");
+            self.dump().await;
+        }
+        status.success()
+    }
+
+    async fn dump(&mut self) {
+        use tokio::io::AsyncReadExt;
+        if let Some(mut err) = self.child.stderr.take() {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s).await;
+            eprintln!("--- sipp stderr:\n{s}");
+        }
+        if let Ok(entries) = std::fs::read_dir(self.work.path()) {
+            for e in entries.flatten() {
+                eprintln!(
+                    "--- {}:\n{}",
+                    e.path().display(),
+                    std::fs::read_to_string(e.path()).unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
+/// Header values of a SIP message in text form, by full or compact name,
+/// comma-separated lists split (Via, Route, Record-Route...).
+pub fn sip_header_values(msg: &str, name: &str) -> Vec<String> {
+    let compact = match name.to_ascii_lowercase().as_str() {
+        "via" => Some("v"),
+        "from" => Some("f"),
+        "to" => Some("t"),
+        "call-id" => Some("i"),
+        "contact" => Some("m"),
+        "content-length" => Some("l"),
+        "content-type" => Some("c"),
+        _ => None,
+    };
+    let head = msg.split("\r\n\r\n").next().unwrap_or("");
+    head.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| {
+            let n = n.trim();
+            n.eq_ignore_ascii_case(name) || compact.is_some_and(|c| n.eq_ignore_ascii_case(c))
+        })
+        .flat_map(|(_, v)| {
+            let v = v.trim();
+            if matches!(
+                name.to_ascii_lowercase().as_str(),
+                "via" | "route" | "record-route" | "contact"
+            ) {
+                rtcgate::proxy::route::split_list(v)
+            } else {
+                vec![v.to_owned()]
+            }
+        })
+        .collect()
+}
+
+/// The first value of a header (panics when absent, naming it).
+pub fn sip_header(msg: &str, name: &str) -> String {
+    sip_header_values(msg, name)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no {name} header in:\n{msg}"))
+}
+
+/// Status code of a response (None for a request).
+pub fn sip_status(msg: &str) -> Option<u16> {
+    let first = msg.lines().next()?;
+    let rest = first.strip_prefix("SIP/2.0 ")?;
+    rest.split(' ').next()?.parse().ok()
+}
+
+/// Method of a request (None for a response).
+pub fn sip_method(msg: &str) -> Option<String> {
+    let first = msg.lines().next()?;
+    if first.starts_with("SIP/2.0") {
+        return None;
+    }
+    first.split(' ').next().map(str::to_owned)
+}
+
+/// The method named by the CSeq header.
+pub fn sip_cseq_method(msg: &str) -> String {
+    sip_header(msg, "CSeq")
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The body of a SIP message in text form.
+pub fn sip_body(msg: &str) -> &str {
+    msg.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// Next WebSocket message within `wait`, None on timeout.
+pub async fn ws_recv_within(ws: &mut Ws, wait: Duration) -> Option<String> {
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let m = tokio::time::timeout_at(deadline, ws.next()).await.ok()?;
+        match m.expect("stream ended").expect("ws error") {
+            Message::Text(t) => return Some(t.to_string()),
+            Message::Binary(b) => return Some(String::from_utf8_lossy(&b).into_owned()),
+            _ => continue,
+        }
+    }
+}
+
+impl SippRun {
+    /// Kills sipp now and prints its stderr and logs (for a failing test).
+    pub async fn abort_and_dump(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        self.dump().await;
+    }
+}
+
+impl SippRun {
+    /// Like [`SippRun::finish`], also returning the text of every log file
+    /// sipp wrote (e.g. to count its "voluntary lost" messages).
+    pub async fn finish_with_logs(mut self, within: Duration) -> (bool, String) {
+        let ok = match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(s) => s.unwrap().success(),
+            Err(_) => {
+                eprintln!("sipp did not finish within {within:?}; killing it");
+                let _ = self.child.start_kill();
+                let _ = self.child.wait().await;
+                false
+            }
+        };
+        let mut text = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.work.path()) {
+            for e in entries.flatten() {
+                text.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        if !ok || std::env::var_os("SIPP_DUMP").is_some() {
+            self.dump().await;
+        }
+        (ok, text)
+    }
+}
