@@ -473,7 +473,6 @@ async fn two_concurrent_clients_both_complete() {
 /// UDP → WS: a legacy caller (sipp UAC) calls a browser registered over
 /// WebSocket. Needs the registrar wired into the proxy.
 #[tokio::test]
-#[ignore = "needs registrar wiring"]
 async fn udp_to_ws_call_to_a_registered_browser() {
     let gw = TestGateway::start().await;
     let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();

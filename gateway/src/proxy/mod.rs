@@ -717,6 +717,7 @@ impl Proxy {
             }
             let mut out = req.clone();
             out.uri = target.uri.clone();
+            route::lower_transport_param(&mut out.uri);
             route::set_routes(&mut out, &routes);
             set_max_forwards(&mut out);
             if record_route {
@@ -880,6 +881,7 @@ impl Proxy {
             return;
         };
         route::set_routes(&mut req, &routes);
+        route::lower_transport_param(&mut req.uri);
         set_max_forwards(&mut req);
         self.seq += 1;
         let toward = match dest {
@@ -934,7 +936,9 @@ impl Proxy {
                     .map(|f| f.source.reply_to());
                 match dest {
                     Some(d) => {
-                        if let Some(r) = pop_via(response) {
+                        if let Some(r) = pop_via(response)
+                            && first_via(&r.headers).is_some()
+                        {
                             self.sends.push_back((d, transaction::encode_response(&r)));
                         }
                     }
@@ -971,6 +975,9 @@ impl Proxy {
         let Some(resp) = pop_via(resp) else {
             return;
         };
+        if first_via(&resp.headers).is_none() {
+            return;
+        }
         let dest = match flow {
             Some(f) => Some(Destination::Flow(f)),
             None => first_via(&resp.headers).and_then(|v| via_destination(&v)),
@@ -988,6 +995,11 @@ impl Proxy {
         let Some(resp) = pop_via(resp) else {
             return;
         };
+        // §16.7 step 3: no Via left means the response was for us.
+        if first_via(&resp.headers).is_none() {
+            tracing::debug!("response with no Via for the previous hop; not forwarded");
+            return;
+        }
         let code = resp.status_code.code();
         let mut cancel_now = None;
         let Some(fwd) = self.forwards.get_mut(&skey) else {

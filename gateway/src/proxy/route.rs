@@ -326,3 +326,17 @@ mod tests {
         assert!(!l.is_me("10.0.0.1", Some(5060)));
     }
 }
+
+/// rsip writes `transport=WS` for a parsed `transport=ws`; browsers and
+/// some PBXes compare Request-URIs byte for byte, so keep the lower case.
+pub fn lower_transport_param(uri: &mut rsip::Uri) {
+    for p in uri.params.iter_mut() {
+        if let rsip::Param::Transport(t) = p {
+            let value = t.to_string().to_ascii_lowercase();
+            *p = rsip::Param::Other(
+                rsip::param::OtherParam::new("transport"),
+                Some(rsip::param::OtherParamValue::new(value)),
+            );
+        }
+    }
+}
