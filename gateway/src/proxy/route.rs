@@ -282,6 +282,20 @@ pub fn record_route_entry(sent_by: &str, kind: Kind, flow_token: Option<&str>) -
     format!("<sip:{user}{sent_by}{transport};lr>")
 }
 
+/// rsip writes `transport=WS` for a parsed `transport=ws`; browsers and
+/// some PBXes compare Request-URIs byte for byte, so keep the lower case.
+pub fn lower_transport_param(uri: &mut rsip::Uri) {
+    for p in uri.params.iter_mut() {
+        if let rsip::Param::Transport(t) = p {
+            let value = t.to_string().to_ascii_lowercase();
+            *p = rsip::Param::Other(
+                rsip::param::OtherParam::new("transport"),
+                Some(rsip::param::OtherParamValue::new(value)),
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,19 +338,5 @@ mod tests {
         assert!(l.is_me("127.0.0.1", Some(8443)));
         assert!(!l.is_me("127.0.0.1", Some(5080)));
         assert!(!l.is_me("10.0.0.1", Some(5060)));
-    }
-}
-
-/// rsip writes `transport=WS` for a parsed `transport=ws`; browsers and
-/// some PBXes compare Request-URIs byte for byte, so keep the lower case.
-pub fn lower_transport_param(uri: &mut rsip::Uri) {
-    for p in uri.params.iter_mut() {
-        if let rsip::Param::Transport(t) = p {
-            let value = t.to_string().to_ascii_lowercase();
-            *p = rsip::Param::Other(
-                rsip::param::OtherParam::new("transport"),
-                Some(rsip::param::OtherParamValue::new(value)),
-            );
-        }
     }
 }
