@@ -122,19 +122,16 @@ impl App {
         let (ws_algorithms, udp_algorithms) = config.auth.algorithm_orders();
         let media_enabled = config.rtpengine.enabled;
         let media = if media_enabled {
-            let (media, mut events) = crate::media::Media::start(config.rtpengine.clone())
+            let (media, events) = crate::media::Media::start(config.rtpengine.clone())
                 .await
                 .map_err(AppError::Media)?;
-            tokio::spawn(async move {
-                while let Some(ev) = events.recv().await {
-                    // Tearing down the SIP side of a dead call needs dialog
-                    // state (issue: BYE toward the PBX when a browser drops).
-                    tracing::warn!(?ev, "media teardown requested");
-                }
-            });
-            Some(media)
+            Some((media, events))
         } else {
             None
+        };
+        let (media, media_events) = match media {
+            Some((m, e)) => (Some(m), Some(e)),
+            None => (None, None),
         };
         let services = Arc::new(shell::Services {
             ws_algorithms,
@@ -199,7 +196,7 @@ impl App {
                     true,
                     Arc::new(transports.clone()),
                 );
-                shell::spawn(proxy, transports, Some(services))
+                shell::spawn(proxy, transports, Some(services), media_events)
             },
         )
         .await?;

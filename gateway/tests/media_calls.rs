@@ -424,3 +424,100 @@ async fn rtpengine_unreachable_gives_503_fast() {
         t0.elapsed()
     );
 }
+
+#[tokio::test]
+async fn websocket_dropped_mid_call_hangs_up_the_pbx() {
+    let Some(bin) = need_rtpengine() else { return };
+    if !require("sipp", which("sipp").is_some()) {
+        return;
+    }
+    let rtp = Daemon::start(&bin);
+    let port = free_udp_port().port();
+    let uas = scenario("uas.xml");
+    // uas.xml succeeds only if a BYE arrives after the ACK.
+    let pbx = Sipp::start(&[
+        "-sf",
+        uas.to_str().unwrap(),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-m",
+        "1",
+    ]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ng = rtp.ng;
+    let gw = TestGateway::start_with(|c| {
+        c.rtpengine.enabled = true;
+        c.rtpengine.instances = vec![RtpengineInstance {
+            address: ng,
+            weight: 1,
+        }];
+        c.rtpengine.ws_drop_grace_ms = 300;
+        c.routes = vec![StaticRoute {
+            prefix: "1".into(),
+            destination: format!("127.0.0.1:{port}").parse().unwrap(),
+        }];
+    })
+    .await;
+    let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
+    ws_send(
+        &mut ws,
+        &invite("w1", &fixture("out-1_offer_browser-to-proxy_webrtc.sdp")),
+    )
+    .await;
+    let (ok, _) = final_response(&mut ws).await;
+    assert_eq!(code(&ok), 200);
+    ws_send(&mut ws, &in_dialog("ACK", 1, "w1", &ok)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rtp.calls().len(), 1);
+    // The browser vanishes (no close handshake, no BYE).
+    drop(ws);
+    let t0 = Instant::now();
+    let (sipp_ok, log) = pbx.finish().await;
+    assert!(sipp_ok, "the PBX never got its BYE");
+    assert!(log.contains("BYE sip:"), "{log}");
+    assert!(
+        log.contains("WebSocket closed"),
+        "Reason header expected: {log}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    wait_empty(&rtp).await;
+}
+
+#[tokio::test]
+async fn websocket_dropped_mid_call_without_media_hangs_up_at_once() {
+    if !require("sipp", which("sipp").is_some()) {
+        return;
+    }
+    let port = free_udp_port().port();
+    let uas = scenario("uas.xml");
+    let pbx = Sipp::start(&[
+        "-sf",
+        uas.to_str().unwrap(),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-m",
+        "1",
+    ]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gw = TestGateway::start_with(|c| {
+        c.routes = vec![StaticRoute {
+            prefix: "1".into(),
+            destination: format!("127.0.0.1:{port}").parse().unwrap(),
+        }];
+    })
+    .await;
+    let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
+    let plain = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
+    ws_send(&mut ws, &invite("w2", plain)).await;
+    let (ok, _) = final_response(&mut ws).await;
+    assert_eq!(code(&ok), 200);
+    ws_send(&mut ws, &in_dialog("ACK", 1, "w2", &ok)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(ws);
+    let (sipp_ok, _) = pbx.finish().await;
+    assert!(sipp_ok, "the PBX never got its BYE");
+}

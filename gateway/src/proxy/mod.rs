@@ -4,6 +4,7 @@
 //! requests go, keeps rtcgate in the path with Record-Route, forks, picks
 //! the best final response and cancels what is no longer wanted.
 
+pub mod dialog;
 pub mod location;
 pub mod route;
 pub mod routing;
@@ -117,6 +118,11 @@ pub enum MediaTask {
         call_id: String,
         /// Why.
         reason: crate::media::EndReason,
+    },
+    /// A browser's WebSocket in this call dropped: start the grace.
+    WsDropped {
+        /// Call-ID.
+        call_id: String,
     },
     /// An ACK carrying the answer to a late offer.
     AckAnswer {
@@ -280,6 +286,7 @@ pub struct Proxy {
     media: bool,
     parked: HashMap<ServerKey, Parked>,
     tasks: VecDeque<Task>,
+    dialogs: dialog::Dialogs,
     forwards: HashMap<ServerKey, Forward>,
     owners: HashMap<ClientKey, (ServerKey, usize)>,
     sends: VecDeque<(Destination, Bytes)>,
@@ -319,6 +326,7 @@ impl Proxy {
             media: config.media,
             parked: HashMap::new(),
             tasks: VecDeque::new(),
+            dialogs: dialog::Dialogs::new(200_000),
             forwards: HashMap::new(),
             owners: HashMap::new(),
             sends: VecDeque::new(),
@@ -468,7 +476,156 @@ impl Proxy {
         for k in keys {
             self.txns.handle_transport_error(k);
         }
+        for call_id in self.dialogs.on_flow(flow) {
+            if self.media {
+                // rtpengine keeps the media for a grace period, then asks
+                // for the teardown (MediaEvent::TearDown).
+                self.tasks
+                    .push_back(Task::Media(MediaTask::WsDropped { call_id }));
+            } else {
+                self.teardown(now, &call_id, "WebSocket closed");
+            }
+        }
         self.drain(now);
+    }
+
+    /// The media layer gave up on a call (its browser's WebSocket did not
+    /// come back): hang up the sides that are still there.
+    pub fn media_teardown(&mut self, now: Instant, call_id: &str) {
+        self.teardown(now, call_id, "WebSocket closed");
+        self.drain(now);
+    }
+
+    /// Number of confirmed dialogs tracked.
+    pub fn dialogs(&self) -> usize {
+        self.dialogs.len()
+    }
+
+    /// Sends BYE to every side of a dialog whose transport is still up.
+    fn teardown(&mut self, now: Instant, call_id: &str, reason: &str) {
+        let Some(d) = self.dialogs.remove(call_id) else {
+            return;
+        };
+        for to_caller in [true, false] {
+            let side = if to_caller { &d.caller } else { &d.callee };
+            if let Destination::Flow(f) = side.dest
+                && !self.flows.alive(f)
+            {
+                continue;
+            }
+            let (dest, kind) = (side.dest, side.kind);
+            let toward = match dest {
+                Destination::Udp(a) => Some(a),
+                Destination::Flow(_) => None,
+            };
+            self.seq += 1;
+            let mut via = format!(
+                "SIP/2.0/{} {};branch=z9hG4bK.rb{:x}",
+                kind.via_token(),
+                self.local.sent_by(kind, toward),
+                self.seq
+            );
+            if kind == Kind::Udp {
+                via.push_str(";rport");
+            }
+            let Some(bye) = dialog::bye(&d, to_caller, &via, reason) else {
+                tracing::warn!(call_id, "could not build the teardown BYE");
+                continue;
+            };
+            tracing::info!(call_id, to_caller, "BYE on behalf of a vanished browser");
+            if let Err(e) = self.txns.send_request(now, bye, dest, kind.reliable()) {
+                tracing::warn!(call_id, error = %e, "teardown BYE not sent");
+            }
+        }
+    }
+
+    /// Records the dialog a 2xx to an initial INVITE establishes.
+    fn record_dialog(&mut self, skey: ServerKey, idx: usize, resp: &rsip::Response) {
+        let Some(fwd) = self.forwards.get(&skey) else {
+            return;
+        };
+        let Some(branch) = fwd.branches.get(idx) else {
+            return;
+        };
+        let req = &fwd.request;
+        let first = |headers: &rsip::Headers, which: fn(&rsip::Header) -> bool| {
+            headers.iter().find(|h| which(h)).map(|h| {
+                let t = h.to_string();
+                t.split_once(':')
+                    .map_or(String::new(), |(_, v)| v.trim().to_owned())
+            })
+        };
+        let contact_of = |headers: &rsip::Headers| {
+            first(headers, |h| matches!(h, rsip::Header::Contact(_)))
+                .map(|c| route::uri_of(&c).to_owned())
+        };
+        let (Some(caller_target), Some(callee_target)) =
+            (contact_of(&req.headers), contact_of(&resp.headers))
+        else {
+            return;
+        };
+        let (Some(from), Some(to)) = (
+            first(&req.headers, |h| matches!(h, rsip::Header::From(_))),
+            first(&resp.headers, |h| matches!(h, rsip::Header::To(_))),
+        ) else {
+            return;
+        };
+        let (Some(from_tag), Some(to_tag)) = (
+            header_tag(&req.headers, |h| matches!(h, rsip::Header::From(_))),
+            header_tag(&resp.headers, |h| matches!(h, rsip::Header::To(_))),
+        ) else {
+            return;
+        };
+        let cseq = req
+            .headers
+            .iter()
+            .find_map(|h| match h {
+                rsip::Header::CSeq(c) => c.value().split_whitespace().next()?.parse().ok(),
+                _ => None,
+            })
+            .unwrap_or(1);
+        // Record-Route of the 2xx: [downstream..., ours (2), upstream...].
+        let rr: Vec<String> = resp
+            .headers
+            .iter()
+            .filter_map(|h| match h {
+                rsip::Header::RecordRoute(r) => Some(route::split_list(r.value())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let is_ours = |e: &String| {
+            route::uri_facts(route::uri_of(e)).is_some_and(|f| self.local.is_me(&f.host, f.port))
+        };
+        let ours_at = rr.iter().position(is_ours).unwrap_or(rr.len());
+        let downstream: Vec<String> = rr[..ours_at].iter().rev().cloned().collect();
+        let upstream: Vec<String> = rr[ours_at..]
+            .iter()
+            .skip_while(|e| is_ours(e))
+            .cloned()
+            .collect();
+        let d = dialog::Dialog {
+            call_id: call_id_of(&req.headers),
+            caller: dialog::Side {
+                dest: fwd.source.reply_to(),
+                kind: fwd.source.kind(),
+                target: caller_target,
+                identity: from,
+                tag: from_tag,
+                route: upstream,
+                cseq,
+            },
+            callee: dialog::Side {
+                dest: branch.dest,
+                kind: branch.kind,
+                target: callee_target,
+                identity: to,
+                tag: to_tag,
+                route: downstream,
+                cseq: 0,
+            },
+        };
+        self.dialogs.insert(d);
     }
 
     /// A checked message from a transport.
@@ -536,6 +693,24 @@ impl Proxy {
         }
         let max_forwards = max_forwards(&req);
         let to_tag = tag_of_header(&req, |h| matches!(h, rsip::Header::To(_)));
+        if to_tag.is_some() {
+            let call_id = call_id_of(&req.headers);
+            if req.method == rsip::Method::Bye {
+                self.dialogs.remove(&call_id);
+            } else if let Some(from_tag) =
+                tag_of_header(&req, |h| matches!(h, rsip::Header::From(_)))
+            {
+                let cseq = req
+                    .headers
+                    .iter()
+                    .find_map(|h| match h {
+                        rsip::Header::CSeq(c) => c.value().split_whitespace().next()?.parse().ok(),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                self.dialogs.saw_request(&call_id, &from_tag, cseq);
+            }
+        }
         if max_forwards == Some(0) {
             let code = if req.method == rsip::Method::Options {
                 200
@@ -1217,8 +1392,13 @@ impl Proxy {
                 // Every 2xx goes upstream, even after another branch's 2xx
                 // (§16.7 step 5).
                 fwd.final_sent = true;
+                let initial =
+                    tag_of_header(&fwd.request, |h| matches!(h, rsip::Header::To(_))).is_none();
                 let _ = self.txns.send_response(now, &skey, &resp);
                 if is_invite {
+                    if initial {
+                        self.record_dialog(skey, idx, &resp);
+                    }
                     self.cancel_branches(now, skey, Some(idx));
                 }
             }

@@ -18,6 +18,7 @@ enum Event {
     Message(Source, Box<Checked>),
     FlowClosed(FlowId),
     TaskDone(TaskResult),
+    MediaTearDown(String),
 }
 
 /// What the shell needs to run the proxy's tasks.
@@ -114,6 +115,10 @@ async fn run_media(media: &Media, task: MediaTask) -> Option<TaskResult> {
             media.terminate(&call_id, reason).await;
             None
         }
+        MediaTask::WsDropped { call_id } => {
+            media.ws_dropped(&call_id);
+            None
+        }
         MediaTask::AckAnswer {
             mut request,
             dest,
@@ -208,8 +213,21 @@ pub fn spawn(
     proxy: Proxy,
     transports: Transports,
     services: Option<Arc<Services>>,
+    media_events: Option<mpsc::UnboundedReceiver<crate::media::MediaEvent>>,
 ) -> Arc<ProxyHandle> {
     let (tx, rx) = mpsc::unbounded_channel();
+    if let Some(mut events) = media_events {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                let crate::media::MediaEvent::TearDown { call_id, reason } = ev;
+                tracing::info!(%call_id, %reason, "media teardown");
+                if tx.send(Event::MediaTearDown(call_id)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
     if let Some(s) = &services {
         tokio::spawn(purge_loop(s.clone()));
     }
@@ -286,6 +304,7 @@ fn handle(proxy: &mut Proxy, now: std::time::Instant, ev: Event, services: &Opti
             }
         }
         Event::TaskDone(result) => proxy.task_done(now, result),
+        Event::MediaTearDown(call_id) => proxy.media_teardown(now, &call_id),
     }
 }
 

@@ -1,0 +1,201 @@
+//! Dialogs the proxy saw established (RFC 3261 §12), kept only so far as
+//! rtcgate must act on its own: when a browser's WebSocket dies mid-call,
+//! the other side gets a BYE from rtcgate instead of a half-dead call.
+
+use std::collections::HashMap;
+
+use crate::rsip;
+use crate::transport::{Destination, FlowId, Kind};
+
+/// One side of a dialog, as seen from rtcgate.
+#[derive(Debug, Clone)]
+pub struct Side {
+    /// Where requests to this side go.
+    pub dest: Destination,
+    /// Its transport.
+    pub kind: Kind,
+    /// Its remote target (Contact URI).
+    pub target: String,
+    /// Its From/To header value, with its tag.
+    pub identity: String,
+    /// Its tag.
+    pub tag: String,
+    /// The route set toward it (beyond rtcgate), in order.
+    pub route: Vec<String>,
+    /// Highest CSeq it has sent in this dialog.
+    pub cseq: u32,
+}
+
+/// A confirmed dialog.
+#[derive(Debug, Clone)]
+pub struct Dialog {
+    /// Call-ID.
+    pub call_id: String,
+    /// The side that sent the INVITE.
+    pub caller: Side,
+    /// The side that answered it.
+    pub callee: Side,
+}
+
+impl Dialog {
+    /// The flows this dialog uses.
+    pub fn flows(&self) -> impl Iterator<Item = FlowId> + '_ {
+        [self.caller.dest, self.callee.dest]
+            .into_iter()
+            .filter_map(|d| match d {
+                Destination::Flow(f) => Some(f),
+                Destination::Udp(_) => None,
+            })
+    }
+}
+
+/// Dialogs by Call-ID (one per call: forked 2xx beyond the first are rare
+/// enough that the first answer is the one tracked).
+#[derive(Debug, Default)]
+pub struct Dialogs {
+    by_call: HashMap<String, Dialog>,
+    /// Cap, so a flood of answered-but-never-ended calls stays bounded.
+    max: usize,
+}
+
+impl Dialogs {
+    /// An empty table holding at most `max` dialogs.
+    pub fn new(max: usize) -> Self {
+        Self {
+            by_call: HashMap::new(),
+            max,
+        }
+    }
+
+    /// Number of dialogs.
+    pub fn len(&self) -> usize {
+        self.by_call.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_call.is_empty()
+    }
+
+    /// Records a dialog (the first 2xx of an initial INVITE).
+    pub fn insert(&mut self, d: Dialog) {
+        if self.by_call.len() >= self.max && !self.by_call.contains_key(&d.call_id) {
+            // Drop an arbitrary old one rather than grow without bound.
+            if let Some(k) = self.by_call.keys().next().cloned() {
+                self.by_call.remove(&k);
+            }
+        }
+        self.by_call.entry(d.call_id.clone()).or_insert(d);
+    }
+
+    /// Notes the CSeq of an in-dialog request sent by the side with `from_tag`.
+    pub fn saw_request(&mut self, call_id: &str, from_tag: &str, cseq: u32) {
+        if let Some(d) = self.by_call.get_mut(call_id) {
+            for side in [&mut d.caller, &mut d.callee] {
+                if side.tag == from_tag && cseq > side.cseq {
+                    side.cseq = cseq;
+                }
+            }
+        }
+    }
+
+    /// Removes a dialog (BYE seen, or torn down).
+    pub fn remove(&mut self, call_id: &str) -> Option<Dialog> {
+        self.by_call.remove(call_id)
+    }
+
+    /// Call-IDs of the dialogs using a flow.
+    pub fn on_flow(&self, flow: FlowId) -> Vec<String> {
+        self.by_call
+            .values()
+            .filter(|d| d.flows().any(|f| f == flow))
+            .map(|d| d.call_id.clone())
+            .collect()
+    }
+
+    /// A dialog by Call-ID.
+    pub fn get(&self, call_id: &str) -> Option<&Dialog> {
+        self.by_call.get(call_id)
+    }
+}
+
+/// The BYE rtcgate sends to `to` on behalf of `from` (the side that is
+/// gone), with `via` on top and a reason for the operator's logs.
+pub fn bye(d: &Dialog, to_caller: bool, via: &str, reason: &str) -> Option<rsip::Request> {
+    let (to, from) = if to_caller {
+        (&d.caller, &d.callee)
+    } else {
+        (&d.callee, &d.caller)
+    };
+    let routes: String = to.route.iter().map(|r| format!("Route: {r}\r\n")).collect();
+    let text = format!(
+        "BYE {target} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n{routes}From: {from_id}\r\nTo: {to_id}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} BYE\r\nReason: SIP;cause=480;text=\"{reason}\"\r\nContent-Length: 0\r\n\r\n",
+        target = to.target,
+        from_id = from.identity,
+        to_id = to.identity,
+        call_id = d.call_id,
+        cseq = from.cseq.saturating_add(1),
+    );
+    rsip::Request::try_from(text.as_str()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dialog() -> Dialog {
+        Dialog {
+            call_id: "c1".into(),
+            caller: Side {
+                dest: Destination::Flow(7),
+                kind: Kind::Wss,
+                target: "sip:u@x.invalid;transport=ws".into(),
+                identity: "<sip:2000@localhost>;tag=a".into(),
+                tag: "a".into(),
+                route: vec![],
+                cseq: 1,
+            },
+            callee: Side {
+                dest: Destination::Udp("127.0.0.1:5080".parse().unwrap()),
+                kind: Kind::Udp,
+                target: "sip:pbx@127.0.0.1:5080".into(),
+                identity: "<sip:1001@localhost>;tag=b".into(),
+                tag: "b".into(),
+                route: vec![],
+                cseq: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn bye_toward_the_pbx_impersonates_the_caller() {
+        let mut t = Dialogs::new(10);
+        t.insert(dialog());
+        t.saw_request("c1", "a", 5);
+        assert_eq!(t.on_flow(7), vec!["c1".to_string()]);
+        let d = t.get("c1").unwrap();
+        let b = bye(
+            d,
+            false,
+            "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx",
+            "gone",
+        )
+        .unwrap();
+        let s = b.to_string();
+        assert!(s.starts_with("BYE sip:pbx@127.0.0.1:5080 SIP/2.0"), "{s}");
+        assert!(s.contains("CSeq: 6 BYE"), "{s}");
+        assert!(s.contains("From: <sip:2000@localhost>;tag=a"), "{s}");
+        assert!(s.contains("To: <sip:1001@localhost>;tag=b"), "{s}");
+    }
+
+    #[test]
+    fn bounded() {
+        let mut t = Dialogs::new(2);
+        for i in 0..5 {
+            let mut d = dialog();
+            d.call_id = format!("c{i}");
+            t.insert(d);
+        }
+        assert_eq!(t.len(), 2);
+    }
+}
