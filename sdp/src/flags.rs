@@ -10,6 +10,9 @@
 //! `ICE=force`, `DTLS=passive`, `SDES=[off]`, `rtcp-mux=[offer, require]` on offers and
 //! `[require]` on answers, `flags=[generate-mid]`, `replace=[origin]`.
 //!
+//! Toward a **browser** from a browser (WebRTC offer to a WebRTC leg) the
+//! offer also gets `DTLS-reverse=passive`, for the offering browser's leg.
+//!
 //! Toward a **PBX** ([`LegProfile::PlainRtp`]): `transport-protocol=RTP/AVP`, `ICE=remove`,
 //! `DTLS=off`, `SDES=[off]`, `rtcp-mux=[demux]`, `flags=[strip-extmap]`, `replace=[origin]`,
 //! and, on an offer whose SDP carries a DTLS fingerprint (a browser offer),
@@ -225,6 +228,12 @@ pub fn ng_flags(
                 SdpKind::Answer => vec![s("require")],
             };
             out.flags.push(s("generate-mid"));
+            // Browser to browser: the offering browser's leg has the same
+            // role race as toward a PBX (found with two real Chromiums: the
+            // caller stayed in DTLS "connecting").
+            if kind == SdpKind::Offer && sdp.has_dtls() {
+                out.dtls_reverse = Some(s("passive"));
+            }
         }
         LegProfile::PlainRtp => {
             out.transport_protocol = Some(s("RTP/AVP"));

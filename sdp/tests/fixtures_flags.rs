@@ -335,3 +335,22 @@ m=video 4002 RTP/AVP 97 98 96\r\na=rtpmap:97 VP8/90000\r\na=rtpmap:98 H264/90000
     assert_eq!(fl.sdp_media_remove, ["video"]);
     assert!(fl.codec.strip.is_empty());
 }
+
+#[test]
+fn browser_offer_to_browser_leg_fixes_the_offerer_dtls_role() {
+    // Browser to browser: same DTLS role race on the offering browser's leg.
+    let f = flags_json(
+        LegProfile::WebRtc,
+        SdpKind::Offer,
+        "out-1_offer_browser-to-proxy_webrtc.sdp",
+    );
+    assert_eq!(f.get("DTLS-reverse"), Some(&json!("passive")));
+    assert_eq!(f.get("DTLS"), Some(&json!("passive")));
+    // A plain offer to a browser has no browser behind it to fix.
+    let f = flags_json(
+        LegProfile::WebRtc,
+        SdpKind::Offer,
+        "in-1_offer_caller-to-proxy_plain.sdp",
+    );
+    assert_eq!(f.get("DTLS-reverse"), None);
+}

@@ -1,10 +1,8 @@
 // End-to-end calls through rtcgate with real media: Chromium (SIP.js page)
 // ⇄ rtcgate ⇄ sipp as the demo PBX, media relayed by rtpengine.
 //
-// Skipped until the proxy core, registrar and media orchestration land
-// (issues 3, 4, 6); switch on with RTCGATE_E2E=1. When they land, the only
-// thing expected to change here is e2eToml() below (the config keys of
-// users, PBX routing and rtpengine, unknown today).
+// Users are added with `rtcgate user add`; the PBX (sipp) is trusted by its
+// address and reached by a static route for extensions 2xxx.
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -20,27 +18,19 @@ const USERS = { 1001: "secret1001", 1002: "secret1002" };
 const PBX_EXTENSION = "2000";
 const SIPP_DIR = join(WEB_DEMO, "tests/sipp");
 
-/**
- * Config for users, the demo PBX and rtpengine. PLACEHOLDER KEYS: adjust to
- * the real ones when the registrar (users), routing (PBX sets) and media
- * (rtpengine) config lands; rtcgate refuses unknown keys, so these tests
- * fail loudly at start until then.
- */
+/** Config for the demo PBX (trusted, extensions 2xxx) and rtpengine. */
 function e2eToml({ ngPort, pbxPort }) {
-  const users = Object.entries(USERS)
-    .map(([u, p]) => `[[users]]\nusername = "${u}"\npassword = "${p}"\n`)
-    .join("\n");
   return `
-[media]
-rtpengine = ["udp:127.0.0.1:${ngPort}"]
+[auth]
+trusted = ["127.0.0.1:${pbxPort}"]
 
-[[pbx_sets]]
-name = "demo"
-extensions = ["2XXX"]
-destinations = ["127.0.0.1:${pbxPort}"]
-trusted = true
+[rtpengine]
+instances = [{ address = "127.0.0.1:${ngPort}", weight = 1 }]
+ws_drop_grace_ms = 2000
 
-${users}
+[[routes]]
+prefix = "2"
+destination = "127.0.0.1:${pbxPort}"
 `;
 }
 
@@ -59,7 +49,7 @@ describe("end-to-end calls (browser, rtcgate, rtpengine, sipp)", { timeout: 300_
     // sipp PBXes bind this port, one test at a time, so the config can
     // name it before they start.
     pbxPort = await freeUdpPort();
-    gw = await startGateway({ extraToml: e2eToml({ ngPort: rtpengine.ngPort, pbxPort }) });
+    gw = await startGateway({ extraToml: e2eToml({ ngPort: rtpengine.ngPort, pbxPort }), users: Object.entries(USERS) });
     browser = await launchBrowser({ spki: gw.spki });
   });
 

@@ -539,6 +539,23 @@ impl Proxy {
         }
     }
 
+    /// For an in-dialog request whose Request-URI cannot be reached (a
+    /// browser's `.invalid` Contact, sent by a UA that ignored our
+    /// Record-Route): the side of the dialog its To tag names.
+    fn dialog_side(&self, req: &rsip::Request) -> Option<(Destination, Kind)> {
+        let d = self.dialogs.get(&call_id_of(&req.headers))?;
+        let to_tag = tag_of_header(req, |h| matches!(h, rsip::Header::To(_)))?;
+        let side = [&d.caller, &d.callee]
+            .into_iter()
+            .find(|s| s.tag == to_tag)?;
+        if let Destination::Flow(f) = side.dest
+            && !self.flows.alive(f)
+        {
+            return None;
+        }
+        Some((side.dest, side.kind))
+    }
+
     /// Records the dialog a 2xx to an initial INVITE establishes.
     fn record_dialog(&mut self, skey: ServerKey, idx: usize, resp: &rsip::Response) {
         let Some(fwd) = self.forwards.get(&skey) else {
@@ -695,11 +712,7 @@ impl Proxy {
         let to_tag = tag_of_header(&req, |h| matches!(h, rsip::Header::To(_)));
         if to_tag.is_some() {
             let call_id = call_id_of(&req.headers);
-            if req.method == rsip::Method::Bye {
-                self.dialogs.remove(&call_id);
-            } else if let Some(from_tag) =
-                tag_of_header(&req, |h| matches!(h, rsip::Header::From(_)))
-            {
+            if let Some(from_tag) = tag_of_header(&req, |h| matches!(h, rsip::Header::From(_))) {
                 let cseq = req
                     .headers
                     .iter()
@@ -761,17 +774,27 @@ impl Proxy {
         } else if to_tag.is_some() || next_flow.is_some() {
             // In dialog: the Request-URI is the remote target.
             let facts = route::facts_of(&req.uri);
-            if self.local.is_me(&facts.host, facts.port) && facts.user.is_none() {
+            let to_us = self.local.is_me(&facts.host, facts.port);
+            if to_us && facts.user.is_none() && self.dialog_side(&req).is_none() {
                 self.local_request(now, key, source, &req);
                 return;
             }
-            routing::resolve(&facts).map(|(dest, kind)| {
-                vec![Target {
-                    uri: req.uri.clone(),
-                    dest,
-                    kind,
-                }]
-            })
+            let resolved = if to_us {
+                // A UA that ignored Contact and Record-Route addresses us:
+                // the dialog knows where the other side is.
+                Err((481, "Call/Transaction Does Not Exist"))
+            } else {
+                routing::resolve(&facts)
+            };
+            resolved
+                .or_else(|e| self.dialog_side(&req).ok_or(e))
+                .map(|(dest, kind)| {
+                    vec![Target {
+                        uri: req.uri.clone(),
+                        dest,
+                        kind,
+                    }]
+                })
         } else {
             let facts = route::facts_of(&req.uri);
             let needs_auth = self.auth_required && !self.is_trusted(&source);
@@ -803,7 +826,13 @@ impl Proxy {
             }
         };
         match target {
-            Ok(targets) => self.forward(now, key, source, req, routes, targets, to_tag.is_none()),
+            Ok(targets) => {
+                if req.method == rsip::Method::Bye {
+                    // Routed (possibly by the dialog record): the dialog ends.
+                    self.dialogs.remove(&call_id_of(&req.headers));
+                }
+                self.forward(now, key, source, req, routes, targets, to_tag.is_none())
+            }
             Err((code, reason)) => self.reply(now, key, &req, code, Some(reason)),
         }
     }
@@ -1049,7 +1078,14 @@ impl Proxy {
         } else if let Some(flow) = next_flow {
             Some((Destination::Flow(flow), Kind::Ws))
         } else {
-            routing::resolve(&route::facts_of(&req.uri)).ok()
+            let facts = route::facts_of(&req.uri);
+            if self.local.is_me(&facts.host, facts.port) {
+                self.dialog_side(&req)
+            } else {
+                routing::resolve(&facts)
+                    .ok()
+                    .or_else(|| self.dialog_side(&req))
+            }
         };
         let Some((dest, kind)) = dest else {
             tracing::debug!(method = %req.method, "stateless request has no route; dropped");
