@@ -32,3 +32,6 @@ pub use shell::{ProbeOptions, RoutingError, RoutingHandle, RoutingService};
 pub use table::{
     CallFailure, Failover, PbxRoute, RouteOutcome, RouteQuery, RoutedDestination, RoutingTable,
 };
+
+#[cfg(test)]
+mod tests;
