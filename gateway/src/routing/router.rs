@@ -151,3 +151,115 @@ fn call_id_of(req: &rsip::Request) -> String {
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::proxy::route::facts_of;
+    use crate::proxy::routing::FlowBinding;
+    use crate::routing::{RoutingConfig, RoutingTable};
+
+    struct OneUser;
+
+    impl Location for OneUser {
+        fn lookup(&self, user: &str, _domain: &str) -> Vec<LocationTarget> {
+            if user != "1001" {
+                return Vec::new();
+            }
+            let contact = rsip::Uri::try_from("sip:abc@df7jal23ls0d.invalid;transport=ws");
+            contact
+                .map(|contact| {
+                    vec![LocationTarget::Flow(FlowBinding {
+                        contact,
+                        flow: 42,
+                        secure: true,
+                    })]
+                })
+                .unwrap_or_default()
+        }
+    }
+
+    fn request(uri: &str) -> rsip::Request {
+        let text = format!(
+            "INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK1\r\n\
+             From: <sip:a@gw.example>;tag=1\r\nTo: <{uri}>\r\nCall-ID: cid-1\r\n\
+             CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        rsip::Request::try_from(text.as_str()).expect("test request parses")
+    }
+
+    fn router() -> RoutingRouter {
+        let cfg: RoutingConfig = toml::from_str(
+            r#"
+            local = "first"
+            [[sets]]
+            name = "pbx"
+            destinations = [
+              { address = "127.0.0.1:5080" },
+              { address = "127.0.0.1:5082", priority = 1 },
+            ]
+            [[rules]]
+            range = "1000-1999"
+            set = "pbx"
+            [[rules]]
+            e164 = true
+            set = "pbx"
+            strip = 1
+            add_prefix = "00"
+            "#,
+        )
+        .expect("config");
+        let table = RoutingTable::new(&cfg, Instant::now()).expect("table");
+        RoutingRouter::new(RoutingHandle::new(table), Some(Arc::new(OneUser)))
+    }
+
+    fn source() -> Source {
+        Source::Udp {
+            local: SocketAddr::from(([127, 0, 0, 1], 5060)),
+            peer: SocketAddr::from(([127, 0, 0, 1], 5099)),
+        }
+    }
+
+    #[test]
+    fn registered_user_then_pbx_then_404() {
+        let r = router();
+        let req = request("sip:1001@gw.example");
+        match r.route(&req, &facts_of(&req.uri), &source()) {
+            Decision::Forward(t) => {
+                assert_eq!(t.len(), 1);
+                assert!(matches!(t[0].dest, Destination::Flow(42)));
+                assert_eq!(t[0].kind, Kind::Wss);
+            }
+            d => panic!("expected the flow, got {d:?}"),
+        }
+        let req = request("sip:1500@gw.example;user=phone");
+        match r.route(&req, &facts_of(&req.uri), &source()) {
+            Decision::Forward(t) => {
+                assert_eq!(t.len(), 1, "parallel fork gets only the first destination");
+                assert_eq!(t[0].uri.to_string(), "sip:1500@127.0.0.1:5080;user=phone");
+                assert!(matches!(t[0].dest, Destination::Udp(a) if a.port() == 5080));
+            }
+            d => panic!("expected the PBX, got {d:?}"),
+        }
+        let req = request("sip:+4930123456@gw.example");
+        match r.route_pbx(&req, &facts_of(&req.uri), &source()) {
+            PbxDecision::Serial { route, targets } => {
+                assert_eq!(route.user, "004930123456");
+                assert_eq!(targets.len(), 2);
+                assert_eq!(
+                    targets[1].uri.to_string(),
+                    "sip:004930123456@127.0.0.1:5082"
+                );
+            }
+            d => panic!("expected serial, got {d:?}"),
+        }
+        let req = request("sip:alice@gw.example");
+        assert!(matches!(
+            r.route(&req, &facts_of(&req.uri), &source()),
+            Decision::Reject(404, _)
+        ));
+    }
+}

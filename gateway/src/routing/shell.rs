@@ -67,6 +67,17 @@ impl std::fmt::Debug for RoutingHandle {
 }
 
 impl RoutingHandle {
+    /// A handle on `table` without a probe task (probing off, or tests);
+    /// [`RoutingService::start`] gives one that probes.
+    pub fn new(table: RoutingTable) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                table: Mutex::new(table),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, RoutingTable> {
         // The table holds no invariant a panicking holder could break halfway.
         self.shared
