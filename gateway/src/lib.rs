@@ -10,6 +10,7 @@ pub mod media;
 pub mod proxy;
 pub mod registrar;
 pub mod responder;
+pub mod routing;
 pub mod server;
 pub mod sip;
 pub mod store;

@@ -1,0 +1,265 @@
+//! The proxy's [`Router`] over the routing table and the location service:
+//! `Arc::new(RoutingRouter::new(service.handle(), location))` replaces the
+//! `StaticRouter`.
+
+use std::sync::Arc;
+
+use crate::proxy::route::UriFacts;
+use crate::proxy::routing::{Decision, Location, LocationTarget, Router, Target};
+use crate::rsip;
+use crate::transport::{Destination, Kind, Source};
+
+use super::config::Transport;
+use super::shell::RoutingHandle;
+use super::table::{PbxRoute, RouteOutcome, RouteQuery, RoutedDestination};
+
+/// Routes initial requests by the configured rules.
+///
+/// The proxy forks a `Forward` in parallel, so for a PBX set this returns
+/// only the first destination; a proxy doing serial failover calls
+/// [`RoutingRouter::route_pbx`] instead and walks the list with
+/// [`RoutingHandle::next_after_failure`].
+pub struct RoutingRouter {
+    handle: RoutingHandle,
+    location: Option<Arc<dyn Location>>,
+}
+
+/// What [`RoutingRouter::route_pbx`] found.
+#[derive(Debug, Clone)]
+pub enum PbxDecision {
+    /// Registered users (fork to all in parallel) or a final rejection.
+    Decided(Decision),
+    /// A destination set: try `targets` one after the other; `route` is what
+    /// to hand to `next_after_failure`.
+    Serial {
+        /// The route (set, rewritten user, timeouts, failover codes).
+        route: PbxRoute,
+        /// One target per destination, same order as `route.destinations`.
+        targets: Vec<Target>,
+    },
+}
+
+impl RoutingRouter {
+    /// A router over `handle`'s table and an optional location service.
+    pub fn new(handle: RoutingHandle, location: Option<Arc<dyn Location>>) -> Self {
+        Self { handle, location }
+    }
+
+    /// Routes a request, keeping a PBX set's whole ordered list.
+    pub fn route_pbx(&self, req: &rsip::Request, uri: &UriFacts, source: &Source) -> PbxDecision {
+        let user = uri.user.as_deref().unwrap_or("");
+        let call_id = call_id_of(req);
+        let query = RouteQuery {
+            user,
+            domain: &uri.host,
+            call_id: &call_id,
+            source_ip: Some(source.peer().ip()),
+        };
+        let mut outcome = self.handle.route(&query);
+        loop {
+            match outcome {
+                RouteOutcome::Local { user, resume } => {
+                    let found = self
+                        .location
+                        .as_ref()
+                        .map(|l| l.lookup(&user, &uri.host))
+                        .unwrap_or_default();
+                    if !found.is_empty() {
+                        return PbxDecision::Decided(Decision::Forward(
+                            found.into_iter().map(location_target).collect(),
+                        ));
+                    }
+                    outcome = self.handle.route_from(&query, resume);
+                }
+                RouteOutcome::Reject { code, reason } => {
+                    return PbxDecision::Decided(Decision::Reject(code, reason));
+                }
+                RouteOutcome::Pbx(route) => {
+                    let targets = route
+                        .destinations
+                        .iter()
+                        .map(|d| pbx_target(req, &route.user, d))
+                        .collect();
+                    return PbxDecision::Serial { route, targets };
+                }
+            }
+        }
+    }
+}
+
+impl Router for RoutingRouter {
+    fn route(&self, req: &rsip::Request, uri: &UriFacts, source: &Source) -> Decision {
+        match self.route_pbx(req, uri, source) {
+            PbxDecision::Decided(d) => d,
+            PbxDecision::Serial { mut targets, .. } => {
+                targets.truncate(1);
+                Decision::Forward(targets)
+            }
+        }
+    }
+}
+
+/// The Request-URI toward one destination: user rewritten, host:port the
+/// destination's, other parts (parameters) kept.
+pub fn pbx_target(req: &rsip::Request, user: &str, dest: &RoutedDestination) -> Target {
+    let mut uri = req.uri.clone();
+    uri.host_with_port = rsip::HostWithPort {
+        host: rsip::Host::IpAddr(dest.address.ip()),
+        port: Some(rsip::Port::from(dest.address.port())),
+    };
+    match &mut uri.auth {
+        Some(auth) => auth.user = user.to_owned(),
+        None if !user.is_empty() => {
+            uri.auth = Some(rsip::Auth {
+                user: user.to_owned(),
+                password: None,
+            });
+        }
+        None => {}
+    }
+    let kind = match dest.transport {
+        Transport::Udp => Kind::Udp,
+    };
+    Target {
+        uri,
+        dest: Destination::Udp(dest.address),
+        kind,
+    }
+}
+
+fn location_target(t: LocationTarget) -> Target {
+    match t {
+        LocationTarget::Flow(b) => Target {
+            uri: b.contact,
+            dest: Destination::Flow(b.flow),
+            kind: if b.secure { Kind::Wss } else { Kind::Ws },
+        },
+        LocationTarget::Udp { contact, addr } => Target {
+            uri: contact,
+            dest: Destination::Udp(addr),
+            kind: Kind::Udp,
+        },
+    }
+}
+
+fn call_id_of(req: &rsip::Request) -> String {
+    req.headers
+        .iter()
+        .find_map(|h| match h {
+            rsip::Header::CallId(c) => Some(c.value().trim().to_owned()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::proxy::route::facts_of;
+    use crate::proxy::routing::FlowBinding;
+    use crate::routing::{RoutingConfig, RoutingTable};
+
+    struct OneUser;
+
+    impl Location for OneUser {
+        fn lookup(&self, user: &str, _domain: &str) -> Vec<LocationTarget> {
+            if user != "1001" {
+                return Vec::new();
+            }
+            let contact = rsip::Uri::try_from("sip:abc@df7jal23ls0d.invalid;transport=ws");
+            contact
+                .map(|contact| {
+                    vec![LocationTarget::Flow(FlowBinding {
+                        contact,
+                        flow: 42,
+                        secure: true,
+                    })]
+                })
+                .unwrap_or_default()
+        }
+    }
+
+    fn request(uri: &str) -> rsip::Request {
+        let text = format!(
+            "INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK1\r\n\
+             From: <sip:a@gw.example>;tag=1\r\nTo: <{uri}>\r\nCall-ID: cid-1\r\n\
+             CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        rsip::Request::try_from(text.as_str()).expect("test request parses")
+    }
+
+    fn router() -> RoutingRouter {
+        let cfg: RoutingConfig = toml::from_str(
+            r#"
+            local = "first"
+            [[sets]]
+            name = "pbx"
+            destinations = [
+              { address = "127.0.0.1:5080" },
+              { address = "127.0.0.1:5082", priority = 1 },
+            ]
+            [[rules]]
+            range = "1000-1999"
+            set = "pbx"
+            [[rules]]
+            e164 = true
+            set = "pbx"
+            strip = 1
+            add_prefix = "00"
+            "#,
+        )
+        .expect("config");
+        let table = RoutingTable::new(&cfg, Instant::now()).expect("table");
+        RoutingRouter::new(RoutingHandle::new(table), Some(Arc::new(OneUser)))
+    }
+
+    fn source() -> Source {
+        Source::Udp {
+            local: SocketAddr::from(([127, 0, 0, 1], 5060)),
+            peer: SocketAddr::from(([127, 0, 0, 1], 5099)),
+        }
+    }
+
+    #[test]
+    fn registered_user_then_pbx_then_404() {
+        let r = router();
+        let req = request("sip:1001@gw.example");
+        match r.route(&req, &facts_of(&req.uri), &source()) {
+            Decision::Forward(t) => {
+                assert_eq!(t.len(), 1);
+                assert!(matches!(t[0].dest, Destination::Flow(42)));
+                assert_eq!(t[0].kind, Kind::Wss);
+            }
+            d => panic!("expected the flow, got {d:?}"),
+        }
+        let req = request("sip:1500@gw.example;user=phone");
+        match r.route(&req, &facts_of(&req.uri), &source()) {
+            Decision::Forward(t) => {
+                assert_eq!(t.len(), 1, "parallel fork gets only the first destination");
+                assert_eq!(t[0].uri.to_string(), "sip:1500@127.0.0.1:5080;user=phone");
+                assert!(matches!(t[0].dest, Destination::Udp(a) if a.port() == 5080));
+            }
+            d => panic!("expected the PBX, got {d:?}"),
+        }
+        let req = request("sip:+4930123456@gw.example");
+        match r.route_pbx(&req, &facts_of(&req.uri), &source()) {
+            PbxDecision::Serial { route, targets } => {
+                assert_eq!(route.user, "004930123456");
+                assert_eq!(targets.len(), 2);
+                assert_eq!(
+                    targets[1].uri.to_string(),
+                    "sip:004930123456@127.0.0.1:5082"
+                );
+            }
+            d => panic!("expected serial, got {d:?}"),
+        }
+        let req = request("sip:alice@gw.example");
+        assert!(matches!(
+            r.route(&req, &facts_of(&req.uri), &source()),
+            Decision::Reject(404, _)
+        ));
+    }
+}
