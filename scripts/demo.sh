@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The main job: installs what is missing, builds rtcgate, makes a dev
-# certificate, starts rtpengine and rtcgate on this machine's loopback, and
-# keeps them running until Ctrl-C, which stops everything it started.
+# The main job: installs what is missing, builds rtcgate, and runs the whole
+# demo on this machine's loopback until Ctrl-C (which stops everything it
+# started): rtpengine, a demo PBX (sipp answering every call and echoing its
+# audio), rtcgate with SQLite and a self-signed certificate, demo users, and
+# the SIP.js softphone page.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -9,16 +11,56 @@ ROOT=$PWD
 bash scripts/setup.sh
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${RTCGATE_CACHE:-$HOME/.cache/rtcgate}/target}"
-echo "[demo] building rtcgate (release)"
+echo "[demo] building rtcgate (release; the first build takes several minutes)"
 cargo build --release -p rtcgate --quiet
 BIN="$CARGO_TARGET_DIR/release/rtcgate"
 
 mkdir -p run
 "$BIN" cert generate --dir run/certs
 
-# rtpengine: userspace forwarding on loopback, its own ng port and media ports.
-RTPENGINE_NG_PORT="${RTPENGINE_NG_PORT:-2223}"
-RTPENGINE_BIN="$(command -v rtpengine || echo /usr/bin/rtpengine)"
+HTTPS_PORT="${RTCGATE_DEMO_PORT:-8443}"
+SIP_PORT=5060
+PBX_PORT=5080
+NG_PORT=2223
+
+# The demo configuration (kept if you edit it).
+if [ ! -f run/rtcgate.toml ]; then
+  cat > run/rtcgate.toml <<TOML
+# Demo configuration written by scripts/demo.sh (edit freely; see
+# rtcgate.example.toml for every key).
+[general]
+domains = ["localhost", "127.0.0.1"]
+
+[sip]
+udp_listen = ["127.0.0.1:$SIP_PORT"]
+
+[websocket]
+wss_listen = ["127.0.0.1:$HTTPS_PORT"]
+allowed_origins = ["https://localhost:$HTTPS_PORT", "https://127.0.0.1:$HTTPS_PORT"]
+
+[database]
+url = "sqlite://run/rtcgate.db?mode=rwc"
+
+[auth]
+# Browsers authenticate; SIP over UDP from this machine (the demo PBX and
+# sipp callers) is trusted.
+trusted = ["127.0.0.1"]
+
+[rtpengine]
+instances = [{ address = "127.0.0.1:$NG_PORT", weight = 1 }]
+
+# Extensions 2xxx are on the demo PBX.
+[[routes]]
+prefix = "2"
+destination = "127.0.0.1:$PBX_PORT"
+TOML
+fi
+"$BIN" check-config run/rtcgate.toml >/dev/null
+
+# Demo users (ignored when they exist already).
+for u in 1001 1002 1003; do
+  "$BIN" user add --config run/rtcgate.toml "$u" "demo$u" >/dev/null 2>&1 || true
+done
 
 pids=()
 cleanup() {
@@ -27,36 +69,42 @@ cleanup() {
   echo "[demo] stopping"
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -f run/rtpengine.pid
 }
 trap cleanup INT TERM EXIT
 
+RTPENGINE_BIN="$(command -v rtpengine || echo /usr/bin/rtpengine)"
 "$RTPENGINE_BIN" --foreground --log-stderr --table=-1 \
-  --interface=127.0.0.1 --listen-ng="127.0.0.1:$RTPENGINE_NG_PORT" \
+  --interface=127.0.0.1 --listen-ng="127.0.0.1:$NG_PORT" \
   --port-min=30000 --port-max=34999 --delete-delay=0 \
   >run/rtpengine.log 2>&1 &
 pids+=($!)
-echo $! > run/rtpengine.pid
-echo "[demo] rtpengine pid $! (ng 127.0.0.1:$RTPENGINE_NG_PORT, log run/rtpengine.log)"
 
-CONFIG_ARGS=()
-[ -f run/rtcgate.toml ] && CONFIG_ARGS=(--config run/rtcgate.toml)
-WEB_ARGS=()
-[ -d web-demo/dist ] && WEB_ARGS=(--web-root web-demo/dist)
-"$BIN" run "${CONFIG_ARGS[@]}" "${WEB_ARGS[@]}" &
+# The demo PBX: answers every INVITE with plain RTP and echoes the audio.
+(cd run && exec sipp -sf "$ROOT/loadtest/scenarios/pbx_uas.xml" -i 127.0.0.1 -p "$PBX_PORT" \
+  -mi 127.0.0.1 -rtp_echo -nostdin -trace_err > pbx.log 2>&1) &
 pids+=($!)
-echo "[demo] rtcgate pid $!"
 
-sleep 1
+"$BIN" run --config run/rtcgate.toml --web-root web-demo/dist &
+pids+=($!)
+
+for _ in $(seq 1 50); do
+  curl -sk "https://127.0.0.1:$HTTPS_PORT/healthz" >/dev/null 2>&1 && break
+  sleep 0.2
+done
 cat <<MSG
 
-  rtcgate is running (Ctrl-C stops everything started here):
-    SIP over WSS   wss://localhost:8443   (subprotocol "sip")
-    HTTPS          https://localhost:8443/healthz
-    SIP over UDP   127.0.0.1:5060
-  The certificate is self-signed by a development CA: trust
+  rtcgate demo is running (Ctrl-C stops everything started here).
+
+    Softphone page    https://localhost:$HTTPS_PORT/
+    Users             1001 / demo1001,  1002 / demo1002,  1003 / demo1003
+    Call              2000 (the demo PBX: answers and echoes your voice)
+                      1002 from 1001 (browser to browser)
+    PBX calls you     sipp 127.0.0.1:$SIP_PORT -sf loadtest/scenarios/uac_call.xml -s 1001 \\
+                        -i 127.0.0.1 -mi 127.0.0.1 -m 1 -d 10000 -rtp_echo -nostdin
+
+  The certificate comes from a development CA: trust
     $ROOT/run/certs/ca.pem
-  in your browser, or open https://localhost:8443/healthz once and accept it.
+  in your browser, or accept the warning once at https://localhost:$HTTPS_PORT/
 
 MSG
 wait -n "${pids[@]}"

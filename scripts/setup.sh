@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: rtpengine (media relay, userspace forwarding), sipp (SIP
-# load/test tool), Chromium (browser tests), pkg-config for -sys crates.
-APT_PACKAGES=(rtpengine-daemon sip-tester chromium pkg-config ca-certificates)
+# load/test tool), Chromium (browser tests), pkg-config for -sys crates, curl
+# (the demo's readiness check).
+APT_PACKAGES=(rtpengine-daemon sip-tester chromium pkg-config ca-certificates curl)
 
 say() { printf '[setup] %s\n' "$*"; }
 as_root() {

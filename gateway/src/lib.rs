@@ -9,7 +9,6 @@ pub mod config;
 pub mod media;
 pub mod proxy;
 pub mod registrar;
-pub mod responder;
 pub mod routing;
 pub mod server;
 pub mod sip;

@@ -27,6 +27,9 @@ use crate::transport::{Destination, FlowId, Kind, Source};
 use route::{Keyed, Local};
 use routing::{Decision, Router, Target};
 
+/// Methods rtcgate handles, for `Allow`.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, MESSAGE, NOTIFY, SUBSCRIBE, REFER, PRACK";
+
 /// Work the proxy hands to the shell because it waits on I/O (the database);
 /// the outcome comes back through [`Proxy::task_done`]. Retransmissions
 /// meanwhile are absorbed by the transaction layer.
@@ -865,9 +868,7 @@ impl Proxy {
                 let mut resp =
                     transaction::make_response(req, 200, None, Some(&crate::sip::new_tag()));
                 resp.headers
-                    .push(rsip::Header::Allow(rsip::headers::Allow::new(
-                        crate::responder::ALLOW,
-                    )));
+                    .push(rsip::Header::Allow(rsip::headers::Allow::new(ALLOW)));
                 resp.headers
                     .push(rsip::Header::Accept(rsip::headers::Accept::new(
                         "application/sdp",
@@ -878,9 +879,7 @@ impl Proxy {
                 let mut resp =
                     transaction::make_response(req, 405, None, Some(&crate::sip::new_tag()));
                 resp.headers
-                    .push(rsip::Header::Allow(rsip::headers::Allow::new(
-                        crate::responder::ALLOW,
-                    )));
+                    .push(rsip::Header::Allow(rsip::headers::Allow::new(ALLOW)));
                 self.send_final(now, key, resp);
             }
         }

@@ -10,71 +10,6 @@ use crate::rsip::{self, prelude::*};
 
 pub use parse::{Checked, ParseError, Refused, parse};
 
-/// Builds a response to `req` as its UAS would (RFC 3261 §8.2.6): all Vias,
-/// From, To (with `to_tag` added when the request had none), Call-ID, CSeq.
-pub fn response_to(
-    req: &rsip::Request,
-    code: u16,
-    to_tag: Option<&str>,
-    server: &str,
-) -> rsip::Response {
-    let mut headers = rsip::Headers::default();
-    for h in req.headers.iter() {
-        match h {
-            rsip::Header::Via(_)
-            | rsip::Header::From(_)
-            | rsip::Header::CallId(_)
-            | rsip::Header::CSeq(_) => headers.push(h.clone()),
-            rsip::Header::To(to) => {
-                let value = to.value();
-                let has_tag = value
-                    .split(';')
-                    .skip(1)
-                    .any(|p| p.trim().to_ascii_lowercase().starts_with("tag="));
-                match (has_tag, to_tag) {
-                    (false, Some(tag)) if code != 100 => headers.push(rsip::Header::To(
-                        rsip::headers::To::new(format!("{value};tag={tag}")),
-                    )),
-                    _ => headers.push(h.clone()),
-                }
-            }
-            _ => {}
-        }
-    }
-    if !server.is_empty() {
-        headers.push(rsip::Header::Server(rsip::headers::Server::new(server)));
-    }
-    headers.push(rsip::Header::ContentLength(
-        rsip::headers::ContentLength::new("0"),
-    ));
-    rsip::Response {
-        status_code: rsip::StatusCode::from(code),
-        wire_reason: None,
-        version: rsip::Version::V2,
-        headers,
-        body: Vec::new(),
-    }
-}
-
-/// Serializes a response, keeping a custom reason phrase (rsip always writes
-/// the standard text; a proxy must relay the phrase it received, and our own
-/// 4xx/5xx say why).
-pub fn encode_response(resp: &rsip::Response, reason: Option<&str>) -> Vec<u8> {
-    let reason = reason
-        .or(resp.wire_reason.as_deref())
-        .map(sanitize_reason)
-        .unwrap_or_else(|| resp.status_code.text().to_owned());
-    let mut out = format!(
-        "SIP/2.0 {} {}\r\n{}\r\n",
-        resp.status_code.code(),
-        reason,
-        resp.headers
-    )
-    .into_bytes();
-    out.extend_from_slice(&resp.body);
-    out
-}
-
 /// A reason phrase safe to put on a status line.
 fn sanitize_reason(r: &str) -> String {
     r.chars()
@@ -187,26 +122,6 @@ mod tests {
     }
 
     const REQ: &str = "OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK-1;rport\r\nVia: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK-0\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: abc\r\nCSeq: 7 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
-
-    #[test]
-    fn response_copies_headers_and_adds_tag() {
-        let r = response_to(&req(REQ), 200, Some("t1"), "rtcgate");
-        let bytes = encode_response(&r, None);
-        let text = String::from_utf8(bytes).unwrap();
-        assert!(text.starts_with("SIP/2.0 200 OK\r\n"));
-        assert_eq!(text.matches("Via:").count(), 2);
-        assert!(text.contains("To: <sip:c@d>;tag=t1"));
-        assert!(text.contains("CSeq: 7 OPTIONS"));
-        let back = rsip::Response::try_from(text.as_str()).unwrap();
-        assert_eq!(back.status_code.code(), 200);
-    }
-
-    #[test]
-    fn custom_reason_is_kept() {
-        let r = response_to(&req(REQ), 400, Some("t"), "");
-        let text = String::from_utf8(encode_response(&r, Some("Bad Via\r\nX: y"))).unwrap();
-        assert!(text.starts_with("SIP/2.0 400 Bad ViaX: y\r\n"), "{text}");
-    }
 
     #[test]
     fn via_gets_received_and_rport() {
