@@ -264,6 +264,21 @@ struct Forward {
     answering: bool,
 }
 
+impl Forward {
+    /// Keeps `resp` as the response to send upstream if it beats the best
+    /// so far (§16.7 step 6).
+    fn keep_if_better(&mut self, resp: rsip::Response) {
+        let code = resp.status_code.code();
+        if self
+            .best
+            .as_ref()
+            .is_none_or(|b| rank(code) < rank(b.status_code.code()))
+        {
+            self.best = Some(resp);
+        }
+    }
+}
+
 /// Counters the proxy keeps.
 #[derive(Debug, Default, Clone)]
 pub struct ProxyStats {
@@ -1331,13 +1346,7 @@ impl Proxy {
         if let Some(b) = fwd.branches.get_mut(idx) {
             b.done = true;
         }
-        let better = fwd
-            .best
-            .as_ref()
-            .is_none_or(|b| rank(code) < rank(b.status_code.code()));
-        if better {
-            fwd.best = Some(resp);
-        }
+        fwd.keep_if_better(resp);
         self.maybe_send_best(now, skey);
     }
 
@@ -1438,13 +1447,7 @@ impl Proxy {
                 }
             }
             _ => {
-                let better = fwd
-                    .best
-                    .as_ref()
-                    .is_none_or(|b| rank(code) < rank(b.status_code.code()));
-                if better {
-                    fwd.best = Some(resp);
-                }
+                fwd.keep_if_better(resp);
                 self.maybe_send_best(now, skey);
             }
         }
