@@ -959,8 +959,12 @@ impl Proxy {
                 via.push_str(";fl=");
                 via.push_str(&self.keyed.flow_token(flow));
             }
-            out.headers
-                .push_front(rsip::Header::Via(rsip::headers::Via::new(via)));
+            insert_headers(
+                &mut out.headers,
+                [rsip::Header::Via(rsip::headers::Via::new(via))],
+                |h| matches!(h, rsip::Header::Via(_)),
+                false,
+            );
             let offers_sdp = self.media
                 && matches!(out.method, rsip::Method::Invite | rsip::Method::Update)
                 && crate::sip::has_sdp(&out.headers, &out.body);
@@ -1717,6 +1721,44 @@ fn media_msg(
 /// 6xx first, then the lowest class.
 fn rank(code: u16) -> u16 {
     if code >= 600 { 0 } else { code / 100 }
+}
+
+/// Inserts `new` just before the first header matching `same`; when there
+/// is none, after the last Via (`after_vias`) or at the top.
+fn insert_headers<const N: usize>(
+    headers: &mut rsip::Headers,
+    new: [rsip::Header; N],
+    same: impl Fn(&rsip::Header) -> bool,
+    after_vias: bool,
+) {
+    let old: Vec<rsip::Header> = headers.iter().cloned().collect();
+    let at = old.iter().position(&same).unwrap_or_else(|| {
+        if after_vias {
+            old.iter()
+                .rposition(|h| matches!(h, rsip::Header::Via(_)))
+                .map_or(0, |i| i + 1)
+        } else {
+            0
+        }
+    });
+    let mut rebuilt = rsip::Headers::default();
+    let mut new = Some(new);
+    for (i, h) in old.into_iter().enumerate() {
+        if i == at
+            && let Some(n) = new.take()
+        {
+            for x in n {
+                rebuilt.push(x);
+            }
+        }
+        rebuilt.push(h);
+    }
+    if let Some(n) = new {
+        for x in n {
+            rebuilt.push(x);
+        }
+    }
+    *headers = rebuilt;
 }
 
 fn max_forwards(req: &rsip::Request) -> Option<u32> {
