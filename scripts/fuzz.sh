@@ -95,9 +95,11 @@ for t in "${TARGETS[@]}"; do
     cp -r "$ROOT/fuzz/seeds/$t/." "$corpus/"
   fi
   echo "[fuzz] $t: ${SECONDS_PER_TARGET}s from $(find "$corpus" -type f | wc -l) seeds"
+  dict=()
+  if [ -f "$ROOT/fuzz/dicts/$t.dict" ]; then dict=(-dict="$ROOT/fuzz/dicts/$t.dict"); fi
   set +e
   # shellcheck disable=SC2046
-  cargo fuzz run $(fuzz_flags) "$t" "$corpus" -- \
+  cargo fuzz run $(fuzz_flags) "$t" "$corpus" -- "${dict[@]}" \
     -max_total_time="$SECONDS_PER_TARGET" \
     -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1
   rc=$?
