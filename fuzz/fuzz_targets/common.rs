@@ -23,7 +23,10 @@ pub fn install_panic_hook() {
             .map(|l| format!("{}:{}", l.file(), l.line()))
             .unwrap_or_default();
         let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.get_or_insert_with(HashSet::new).insert(location.clone()) {
+        if seen
+            .get_or_insert_with(HashSet::new)
+            .insert(location.clone())
+        {
             let msg = info
                 .payload()
                 .downcast_ref::<&str>()

@@ -13,10 +13,10 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
+use rtcgate::auth::params::parse_auth_params;
 use rtcgate::auth::{
     Algorithm, AuthConfig, ChallengeKind, DigestAuth, parse_credentials, quote, response,
 };
-use rtcgate::auth::params::parse_auth_params;
 
 const REALM: &str = "127.0.0.1";
 const NOW: i64 = 1_700_000_000;
