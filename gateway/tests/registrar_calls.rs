@@ -449,3 +449,110 @@ async fn restart_keeps_registrations() {
     assert_eq!(b.len(), 1, "registration lost across restart: {b:?}");
     assert_eq!(b[0].received.as_deref(), Some(me.to_string().as_str()));
 }
+
+/// Registers `contact_user` for AOR `user` without authentication.
+async fn plain_register(ws: &mut Ws, user: &str, contact_user: &str) {
+    let reg = format!(
+        "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/WSS {contact_user}.invalid;branch=z9hG4bK{contact_user}\r\nMax-Forwards: 70\r\nTo: <sip:{user}@localhost>\r\nFrom: <sip:{user}@localhost>;tag={contact_user}\r\nCall-ID: reg-{contact_user}@ua\r\nCSeq: 1 REGISTER\r\nContact: <sip:{contact_user}@{contact_user}.invalid;transport=ws>;expires=600\r\nContent-Length: 0\r\n\r\n"
+    );
+    ws_send(ws, &reg).await;
+    let r = ws_recv(ws).await;
+    assert!(r.starts_with("SIP/2.0 200 "), "{r}");
+}
+
+fn reply(req: &str, status: &str, to_tag: Option<&str>, extra: &str) -> String {
+    let copy = |name: &str| -> String {
+        header_values(req, name)
+            .iter()
+            .map(|v| format!("{name}: {v}\r\n"))
+            .collect()
+    };
+    let to = header_values(req, "To").remove(0);
+    let to = match to_tag {
+        Some(t) if !to.contains(";tag=") => format!("{to};tag={t}"),
+        _ => to,
+    };
+    format!(
+        "SIP/2.0 {status}\r\n{}{}To: {to}\r\n{}{}{}{extra}Content-Length: 0\r\n\r\n",
+        copy("Via"),
+        copy("From"),
+        copy("Call-ID"),
+        copy("CSeq"),
+        copy("Record-Route")
+    )
+}
+
+#[tokio::test]
+async fn forks_to_two_browsers_and_cancels_the_one_that_did_not_answer() {
+    if !require("sipp", which("sipp").is_some()) {
+        return;
+    }
+    let gw = TestGateway::start_with(|c| c.auth.trusted = vec!["127.0.0.1".into()]).await;
+    let mut a = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
+    let mut b = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
+    plain_register(&mut a, "1004", "uaa").await;
+    plain_register(&mut b, "1004", "uab").await;
+    assert_eq!(gw.app.location.lookup("sip:1004@localhost", now()).len(), 2);
+
+    let work = tempfile::tempdir().unwrap();
+    let target = gw.udp().to_string();
+    let scenario = scenarios().join("uac_call.xml");
+    let caller = sipp(
+        &[
+            &target,
+            "-sf",
+            scenario.to_str().unwrap(),
+            "-s",
+            "1004",
+            "-i",
+            "127.0.0.1",
+            "-mi",
+            "127.0.0.1",
+            "-m",
+            "1",
+            "-d",
+            "300",
+        ],
+        work.path(),
+    );
+    // Both contacts ring.
+    let inv_a = ws_recv(&mut a).await;
+    let inv_b = ws_recv(&mut b).await;
+    assert!(inv_a.starts_with("INVITE sip:uaa@"), "{inv_a}");
+    assert!(inv_b.starts_with("INVITE sip:uab@"), "{inv_b}");
+    ws_send(&mut b, &reply(&inv_b, "180 Ringing", Some("tb"), "")).await;
+    ws_send(&mut a, &reply(&inv_a, "180 Ringing", Some("ta"), "")).await;
+    // A answers; B must be cancelled.
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 41000 RTP/AVP 0\r\n";
+    let ok = reply(
+        &inv_a,
+        "200 OK",
+        Some("ta"),
+        "Contact: <sip:uaa@uaa.invalid;transport=ws>\r\nContent-Type: application/sdp\r\n",
+    )
+    .replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!("Content-Length: {}\r\n\r\n{sdp}", sdp.len()),
+    );
+    ws_send(&mut a, &ok).await;
+    let cancel = ws_recv(&mut b).await;
+    assert!(cancel.starts_with("CANCEL sip:uab@"), "B got {cancel}");
+    ws_send(&mut b, &reply(&cancel, "200 OK", Some("tb"), "")).await;
+    ws_send(
+        &mut b,
+        &reply(&inv_b, "487 Request Terminated", Some("tb"), ""),
+    )
+    .await;
+    let ack_b = ws_recv(&mut b).await;
+    assert!(
+        ack_b.starts_with("ACK sip:uab@"),
+        "hop-by-hop ACK for B's 487: {ack_b}"
+    );
+    // The call goes on with A: ACK, then the caller's BYE.
+    let ack = ws_recv(&mut a).await;
+    assert!(ack.starts_with("ACK "), "{ack}");
+    let bye = ws_recv(&mut a).await;
+    assert!(bye.starts_with("BYE "), "{bye}");
+    ws_send(&mut a, &reply(&bye, "200 OK", None, "")).await;
+    assert!(sipp_ok(caller, work.path()).await, "sipp caller failed");
+}
