@@ -7,6 +7,34 @@ use std::collections::HashMap;
 use crate::rsip;
 use crate::transport::{Destination, FlowId, Kind};
 
+/// A change in a dialog's life, for accounting and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialogEvent {
+    /// Call-ID.
+    pub call_id: String,
+    /// What happened.
+    pub kind: DialogEventKind,
+}
+
+/// What happened to a dialog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialogEventKind {
+    /// A provisional response with a To tag created an early dialog.
+    Early,
+    /// A 2xx confirmed it.
+    Confirmed,
+    /// A BYE or rtcgate's own teardown ended it.
+    Terminated {
+        /// `bye` or the teardown reason.
+        reason: String,
+    },
+    /// The INVITE failed (final non-2xx) after an early dialog.
+    Failed {
+        /// The final status sent upstream.
+        status: u16,
+    },
+}
+
 /// One side of a dialog, as seen from rtcgate.
 #[derive(Debug, Clone)]
 pub struct Side {

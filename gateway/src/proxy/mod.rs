@@ -305,6 +305,9 @@ pub struct Proxy {
     parked: HashMap<ServerKey, Parked>,
     tasks: VecDeque<Task>,
     dialogs: dialog::Dialogs,
+    dialog_events: VecDeque<dialog::DialogEvent>,
+    /// Call-IDs with an early (not yet confirmed) dialog.
+    early: std::collections::HashSet<String>,
     forwards: HashMap<ServerKey, Forward>,
     owners: HashMap<ClientKey, (ServerKey, usize)>,
     sends: VecDeque<(Destination, Bytes)>,
@@ -345,6 +348,8 @@ impl Proxy {
             parked: HashMap::new(),
             tasks: VecDeque::new(),
             dialogs: dialog::Dialogs::new(200_000),
+            dialog_events: VecDeque::new(),
+            early: std::collections::HashSet::new(),
             forwards: HashMap::new(),
             owners: HashMap::new(),
             sends: VecDeque::new(),
@@ -514,6 +519,20 @@ impl Proxy {
         self.drain(now);
     }
 
+    /// The next dialog event (early, confirmed, terminated, failed).
+    pub fn poll_dialog_event(&mut self) -> Option<dialog::DialogEvent> {
+        self.dialog_events.pop_front()
+    }
+
+    fn dialog_event(&mut self, call_id: String, kind: dialog::DialogEventKind) {
+        // Bounded: a shell that never drains must not grow memory.
+        if self.dialog_events.len() >= 10_000 {
+            self.dialog_events.pop_front();
+        }
+        self.dialog_events
+            .push_back(dialog::DialogEvent { call_id, kind });
+    }
+
     /// Number of confirmed dialogs tracked.
     pub fn dialogs(&self) -> usize {
         self.dialogs.len()
@@ -524,6 +543,12 @@ impl Proxy {
         let Some(d) = self.dialogs.remove(call_id) else {
             return;
         };
+        self.dialog_event(
+            call_id.to_owned(),
+            dialog::DialogEventKind::Terminated {
+                reason: reason.to_owned(),
+            },
+        );
         for to_caller in [true, false] {
             let side = if to_caller { &d.caller } else { &d.callee };
             if let Destination::Flow(f) = side.dest
@@ -847,7 +872,15 @@ impl Proxy {
             Ok(targets) => {
                 if req.method == rsip::Method::Bye {
                     // Routed (possibly by the dialog record): the dialog ends.
-                    self.dialogs.remove(&call_id_of(&req.headers));
+                    let call_id = call_id_of(&req.headers);
+                    if self.dialogs.remove(&call_id).is_some() {
+                        self.dialog_event(
+                            call_id,
+                            dialog::DialogEventKind::Terminated {
+                                reason: "bye".into(),
+                            },
+                        );
+                    }
                 }
                 self.forward(now, key, source, req, routes, targets, to_tag.is_none())
             }
@@ -1433,7 +1466,18 @@ impl Proxy {
             100 => {}
             101..=199 => {
                 if !fwd.final_sent {
+                    let initial = is_invite
+                        && tag_of_header(&fwd.request, |h| matches!(h, rsip::Header::To(_)))
+                            .is_none();
                     let _ = self.txns.send_response(now, &skey, &resp);
+                    if initial
+                        && header_tag(&resp.headers, |h| matches!(h, rsip::Header::To(_))).is_some()
+                    {
+                        let call_id = call_id_of(&resp.headers);
+                        if self.early.insert(call_id.clone()) {
+                            self.dialog_event(call_id, dialog::DialogEventKind::Early);
+                        }
+                    }
                 }
             }
             200..=299 => {
@@ -1445,6 +1489,11 @@ impl Proxy {
                 let _ = self.txns.send_response(now, &skey, &resp);
                 if is_invite {
                     if initial {
+                        let call_id = call_id_of(&resp.headers);
+                        self.early.remove(&call_id);
+                        if self.dialogs.get(&call_id).is_none() {
+                            self.dialog_event(call_id, dialog::DialogEventKind::Confirmed);
+                        }
                         self.record_dialog(skey, idx, &resp);
                     }
                     self.cancel_branches(now, skey, Some(idx));
@@ -1470,9 +1519,14 @@ impl Proxy {
         });
         let initial_invite = fwd.method == rsip::Method::Invite
             && tag_of_header(&fwd.request, |h| matches!(h, rsip::Header::To(_))).is_none();
+        let call_id = call_id_of(&fwd.request.headers);
+        if initial_invite && self.early.remove(&call_id) {
+            let status = best.status_code.code();
+            self.dialog_event(call_id.clone(), dialog::DialogEventKind::Failed { status });
+        }
         if self.media && initial_invite {
             self.tasks.push_back(Task::Media(MediaTask::Terminate {
-                call_id: call_id_of(&fwd.request.headers),
+                call_id,
                 reason: crate::media::EndReason::Failed,
             }));
         }
@@ -1846,3 +1900,6 @@ fn via_destination(via: &str) -> Option<Destination> {
         .unwrap_or(5060);
     Some(Destination::Udp(std::net::SocketAddr::new(ip, port)))
 }
+
+#[cfg(test)]
+mod tests;

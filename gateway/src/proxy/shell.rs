@@ -281,6 +281,11 @@ async fn run(
                 }
             });
         }
+        // Accounting and metrics (operations issue) consume these; for now
+        // they are logged.
+        while let Some(ev) = proxy.poll_dialog_event() {
+            tracing::debug!(call_id = %ev.call_id, kind = ?ev.kind, "dialog");
+        }
         while let Some(send) = proxy.poll_send() {
             if let Err(e) = transports.send(send.dest, send.data) {
                 tracing::debug!(error = %e, "send failed");

@@ -1,0 +1,175 @@
+//! The proxy driven directly, without sockets: messages in, bytes and
+//! events out, time given by the test.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::dialog::DialogEventKind;
+use super::route::Local;
+use super::routing::StaticRouter;
+use super::*;
+use crate::config::StaticRoute;
+
+struct AllAlive;
+impl Flows for AllAlive {
+    fn alive(&self, _: FlowId) -> bool {
+        true
+    }
+}
+
+const CALLER: &str = "127.0.0.1:5070";
+const PBX: &str = "127.0.0.1:5080";
+
+fn proxy() -> Proxy {
+    let local = Local {
+        udp: vec!["127.0.0.1:5060".parse().unwrap()],
+        domains: vec!["localhost".into()],
+        ..Default::default()
+    };
+    let router = StaticRouter::new(
+        vec![StaticRoute {
+            prefix: "1".into(),
+            destination: PBX.parse().unwrap(),
+        }],
+        None,
+    );
+    Proxy::new(
+        ProxyConfig {
+            server_header: "test".into(),
+            transactions: TransactionConfig::default(),
+            auth_required: false,
+            trusted: vec![],
+            media: false,
+        },
+        local,
+        Arc::new(router),
+        false,
+        Arc::new(AllAlive),
+    )
+}
+
+fn from(peer: &str) -> Source {
+    Source::Udp {
+        local: "127.0.0.1:5060".parse().unwrap(),
+        peer: peer.parse().unwrap(),
+    }
+}
+
+fn feed(p: &mut Proxy, now: Instant, src: &str, text: &str) {
+    let msg = crate::sip::parse(text.as_bytes(), 65535).unwrap_or_else(|e| panic!("{:?}", e.error));
+    p.handle_message(now, from(src), msg);
+}
+
+/// Everything sent to `to` since the last call, as text.
+fn sent_to(p: &mut Proxy, to: &str) -> Vec<String> {
+    let to: SocketAddr = to.parse().unwrap();
+    let mut out = Vec::new();
+    while let Some(s) = p.poll_send() {
+        if s.dest == Destination::Udp(to) {
+            out.push(String::from_utf8_lossy(&s.data).into_owned());
+        }
+    }
+    out
+}
+
+fn events(p: &mut Proxy) -> Vec<DialogEventKind> {
+    std::iter::from_fn(|| p.poll_dialog_event())
+        .map(|e| e.kind)
+        .collect()
+}
+
+const INVITE: &str = "INVITE sip:1001@localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKc1\r\nMax-Forwards: 70\r\nFrom: <sip:2000@localhost>;tag=ft\r\nTo: <sip:1001@localhost>\r\nCall-ID: d1@test\r\nCSeq: 1 INVITE\r\nContact: <sip:2000@127.0.0.1:5070>\r\nContent-Length: 0\r\n\r\n";
+
+/// The PBX's answer to the forwarded INVITE: its Vias and Record-Route copied.
+fn answer(forwarded: &str, status: &str) -> String {
+    let keep: String = forwarded
+        .split("\r\n")
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            ["via:", "from:", "call-id:", "cseq:", "record-route:"]
+                .iter()
+                .any(|h| l.starts_with(h))
+        })
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    format!(
+        "SIP/2.0 {status}\r\n{keep}To: <sip:1001@localhost>;tag=pbx\r\nContact: <sip:pbx@{PBX}>\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+#[test]
+fn dialog_goes_early_confirmed_terminated() {
+    let mut p = proxy();
+    let now = Instant::now();
+    feed(&mut p, now, CALLER, INVITE);
+    let fwd = sent_to(&mut p, PBX);
+    assert_eq!(fwd.len(), 1, "INVITE forwarded once");
+    assert_eq!(
+        fwd[0].matches("Record-Route:").count(),
+        2,
+        "double Record-Route"
+    );
+    feed(&mut p, now, PBX, &answer(&fwd[0], "180 Ringing"));
+    assert_eq!(events(&mut p), vec![DialogEventKind::Early]);
+    feed(&mut p, now, PBX, &answer(&fwd[0], "200 OK"));
+    assert_eq!(events(&mut p), vec![DialogEventKind::Confirmed]);
+    assert_eq!(p.dialogs(), 1);
+    let up = sent_to(&mut p, CALLER);
+    assert!(up.iter().any(|m| m.starts_with("SIP/2.0 200 OK")), "{up:?}");
+
+    let bye = format!(
+        "BYE sip:pbx@{PBX} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKc2\r\nMax-Forwards: 70\r\nFrom: <sip:2000@localhost>;tag=ft\r\nTo: <sip:1001@localhost>;tag=pbx\r\nCall-ID: d1@test\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    feed(&mut p, now, CALLER, &bye);
+    assert_eq!(
+        events(&mut p),
+        vec![DialogEventKind::Terminated {
+            reason: "bye".into()
+        }]
+    );
+    assert_eq!(p.dialogs(), 0);
+    assert!(sent_to(&mut p, PBX).iter().any(|m| m.starts_with("BYE ")));
+}
+
+#[test]
+fn early_dialog_that_fails_reports_the_status() {
+    let mut p = proxy();
+    let now = Instant::now();
+    feed(&mut p, now, CALLER, INVITE);
+    let fwd = sent_to(&mut p, PBX);
+    feed(&mut p, now, PBX, &answer(&fwd[0], "180 Ringing"));
+    feed(&mut p, now, PBX, &answer(&fwd[0], "486 Busy Here"));
+    assert_eq!(
+        events(&mut p),
+        vec![
+            DialogEventKind::Early,
+            DialogEventKind::Failed { status: 486 }
+        ]
+    );
+    let up = sent_to(&mut p, CALLER);
+    assert!(
+        up.iter().any(|m| m.starts_with("SIP/2.0 486 Busy Here")),
+        "{up:?}"
+    );
+}
+
+#[test]
+fn unanswered_branch_times_out_with_408_on_a_virtual_clock() {
+    let mut p = proxy();
+    let t0 = Instant::now();
+    feed(&mut p, t0, CALLER, INVITE);
+    let _ = sent_to(&mut p, PBX);
+    // Timer B (64*T1 = 32 s) without a word from the PBX.
+    let mut now = t0;
+    while let Some(deadline) = p.poll_timeout() {
+        if deadline > t0 + std::time::Duration::from_secs(40) {
+            break;
+        }
+        now = deadline;
+        p.handle_timeout(now);
+    }
+    assert!(now >= t0 + std::time::Duration::from_secs(32));
+    let up = sent_to(&mut p, CALLER);
+    assert!(up.iter().any(|m| m.starts_with("SIP/2.0 408 ")), "{up:?}");
+}
