@@ -521,3 +521,169 @@ async fn websocket_dropped_mid_call_without_media_hangs_up_at_once() {
     let (sipp_ok, _) = pbx.finish().await;
     assert!(sipp_ok, "the PBX never got its BYE");
 }
+
+#[tokio::test]
+async fn late_offer_through_the_gateway() {
+    let Some(bin) = need_rtpengine() else { return };
+    if !require("sipp", which("sipp").is_some()) {
+        return;
+    }
+    let rtp = Daemon::start(&bin);
+    let port = free_udp_port().port();
+    let uas = scenario("uas.xml");
+    // uas.xml puts a plain SDP in its 200: with an INVITE without SDP that
+    // is the offer, and the browser's answer rides on the ACK.
+    let pbx = Sipp::start(&[
+        "-sf",
+        uas.to_str().unwrap(),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-m",
+        "1",
+    ]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gw = gateway(&rtp, Some(port)).await;
+    let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
+    let inv = "INVITE sip:1001@localhost SIP/2.0\r\nVia: SIP/2.0/WSS br.invalid;branch=z9hG4bKl1\r\nMax-Forwards: 70\r\nFrom: <sip:2000@localhost>;tag=fl1\r\nTo: <sip:1001@localhost>\r\nCall-ID: l1@br.invalid\r\nCSeq: 1 INVITE\r\nContact: <sip:u@br.invalid;transport=ws;ob>\r\nContent-Length: 0\r\n\r\n";
+    ws_send(&mut ws, inv).await;
+    let (ok, _) = final_response(&mut ws).await;
+    assert_eq!(code(&ok), 200, "{ok}");
+    // The PBX's offer reaches the browser as WebRTC.
+    assert_webrtc(body(&ok));
+    let answer = fixture("in-3_answer_browser-to-proxy_webrtc.sdp");
+    let ack = in_dialog("ACK", 1, "l1", &ok).replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}",
+            answer.len()
+        ),
+    );
+    ws_send(&mut ws, &ack).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ws_send(&mut ws, &in_dialog("BYE", 2, "l1", &ok)).await;
+    assert_eq!(code(&ws_recv(&mut ws).await), 200);
+    let (sipp_ok, log) = pbx.finish().await;
+    assert!(sipp_ok, "sipp PBX failed");
+    // The browser's answer reached the PBX as plain RTP in the ACK.
+    assert_plain(&sdp_in_log(&log, "ACK sip:"));
+    wait_empty(&rtp).await;
+}
+
+#[tokio::test]
+async fn many_calls_ending_every_way_leave_rtpengine_empty() {
+    let Some(bin) = need_rtpengine() else { return };
+    if !require("sipp", which("sipp").is_some()) {
+        return;
+    }
+    let rtp = Daemon::start(&bin);
+    let offer = fixture("out-1_offer_browser-to-proxy_webrtc.sdp");
+    for round in 0..3 {
+        // 1. Answered, browser hangs up.
+        let port = free_udp_port().port();
+        let pbx = Sipp::start(&[
+            "-sf",
+            scenario("uas.xml").to_str().unwrap(),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-m",
+            "1",
+        ]);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let gw = gateway(&rtp, Some(port)).await;
+        let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
+        let id = format!("r{round}a");
+        ws_send(&mut ws, &invite(&id, &offer)).await;
+        let (ok, _) = final_response(&mut ws).await;
+        assert_eq!(code(&ok), 200);
+        ws_send(&mut ws, &in_dialog("ACK", 1, &id, &ok)).await;
+        ws_send(&mut ws, &in_dialog("BYE", 2, &id, &ok)).await;
+        assert_eq!(code(&ws_recv(&mut ws).await), 200);
+        assert!(pbx.finish().await.0);
+
+        // 2. Busy.
+        let port = free_udp_port().port();
+        let pbx = Sipp::start(&[
+            "-sf",
+            scenario("pbx_uas_busy.xml").to_str().unwrap(),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-m",
+            "1",
+        ]);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let gw = gateway(&rtp, Some(port)).await;
+        let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
+        let id = format!("r{round}b");
+        ws_send(&mut ws, &invite(&id, &offer)).await;
+        assert_eq!(code(&final_response(&mut ws).await.0), 486);
+        drop(pbx);
+
+        // 3. Cancelled while ringing.
+        let port = free_udp_port().port();
+        let pbx = Sipp::start(&[
+            "-sf",
+            scenario("pbx_uas_ringing_forever.xml").to_str().unwrap(),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-m",
+            "1",
+        ]);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let gw = gateway(&rtp, Some(port)).await;
+        let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
+        let id = format!("r{round}c");
+        ws_send(&mut ws, &invite(&id, &offer)).await;
+        while code(&ws_recv(&mut ws).await) != 180 {}
+        ws_send(&mut ws, &format!("CANCEL sip:1001@localhost SIP/2.0\r\nVia: SIP/2.0/WSS br.invalid;branch=z9hG4bK{id}\r\nMax-Forwards: 70\r\nFrom: <sip:2000@localhost>;tag=f{id}\r\nTo: <sip:1001@localhost>\r\nCall-ID: {id}@br.invalid\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n")).await;
+        while code(&ws_recv(&mut ws).await) != 487 {}
+        drop(pbx);
+
+        // 4. Answered, then the browser's WebSocket vanishes.
+        let port = free_udp_port().port();
+        let pbx = Sipp::start(&[
+            "-sf",
+            scenario("uas.xml").to_str().unwrap(),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-m",
+            "1",
+        ]);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let ng = rtp.ng;
+        let gw = TestGateway::start_with(|c| {
+            c.rtpengine.enabled = true;
+            c.rtpengine.instances = vec![RtpengineInstance {
+                address: ng,
+                weight: 1,
+            }];
+            c.rtpengine.ws_drop_grace_ms = 200;
+            c.routes = vec![StaticRoute {
+                prefix: "1".into(),
+                destination: format!("127.0.0.1:{port}").parse().unwrap(),
+            }];
+        })
+        .await;
+        let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
+        let id = format!("r{round}d");
+        ws_send(&mut ws, &invite(&id, &offer)).await;
+        let (ok, _) = final_response(&mut ws).await;
+        ws_send(&mut ws, &in_dialog("ACK", 1, &id, &ok)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(ws);
+        assert!(
+            pbx.finish().await.0,
+            "PBX got no BYE after the WebSocket vanished"
+        );
+    }
+    wait_empty(&rtp).await;
+}
