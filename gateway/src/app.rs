@@ -184,6 +184,8 @@ impl App {
                         auth_required: cfg.auth.required,
                         trusted,
                         media: media_enabled,
+                        max_call_duration: (cfg.sip.max_call_duration_s > 0)
+                            .then(|| std::time::Duration::from_secs(cfg.sip.max_call_duration_s)),
                     },
                     local,
                     Arc::new(StaticRouter::new(

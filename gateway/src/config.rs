@@ -271,6 +271,10 @@ pub struct Sip {
     pub t2_ms: u64,
     /// RFC 3261 T4 in milliseconds.
     pub t4_ms: u64,
+    /// A confirmed call is hung up (BYE to both sides, media deleted) after
+    /// this many seconds, so calls whose BYE was lost cannot hold media
+    /// forever. 0 disables the limit.
+    pub max_call_duration_s: u64,
 }
 
 impl Default for Sip {
@@ -282,6 +286,7 @@ impl Default for Sip {
             t1_ms: 500,
             t2_ms: 4_000,
             t4_ms: 5_000,
+            max_call_duration_s: 4 * 3600,
         }
     }
 }

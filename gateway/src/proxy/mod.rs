@@ -232,6 +232,8 @@ pub struct ProxyConfig {
     pub trusted: Vec<crate::config::TrustedSource>,
     /// Bridge media through rtpengine (the shell runs [`MediaTask`]s).
     pub media: bool,
+    /// Confirmed calls are hung up after this long (`None`: never).
+    pub max_call_duration: Option<std::time::Duration>,
 }
 
 /// One client branch of a forwarded request.
@@ -308,6 +310,10 @@ pub struct Proxy {
     dialog_events: VecDeque<dialog::DialogEvent>,
     /// Call-IDs with an early (not yet confirmed) dialog.
     early: std::collections::HashSet<String>,
+    max_call_duration: Option<std::time::Duration>,
+    /// When confirmed dialogs time out (lazy deletion: an entry whose dialog
+    /// is gone is skipped).
+    call_deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, String)>>,
     forwards: HashMap<ServerKey, Forward>,
     owners: HashMap<ClientKey, (ServerKey, usize)>,
     sends: VecDeque<(Destination, Bytes)>,
@@ -350,6 +356,8 @@ impl Proxy {
             dialogs: dialog::Dialogs::new(200_000),
             dialog_events: VecDeque::new(),
             early: std::collections::HashSet::new(),
+            max_call_duration: config.max_call_duration,
+            call_deadlines: std::collections::BinaryHeap::new(),
             forwards: HashMap::new(),
             owners: HashMap::new(),
             sends: VecDeque::new(),
@@ -370,12 +378,34 @@ impl Proxy {
 
     /// The earliest time `handle_timeout` must be called.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.txns.poll_timeout()
+        let calls = self.call_deadlines.peek().map(|r| r.0.0);
+        match (self.txns.poll_timeout(), calls) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Runs due timers.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.txns.handle_timeout(now);
+        while let Some(std::cmp::Reverse((at, _))) = self.call_deadlines.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(std::cmp::Reverse((_, call_id))) = self.call_deadlines.pop() else {
+                break;
+            };
+            if self.dialogs.get(&call_id).is_some() {
+                tracing::info!(%call_id, "maximum call duration reached");
+                if self.media {
+                    self.tasks.push_back(Task::Media(MediaTask::Terminate {
+                        call_id: call_id.clone(),
+                        reason: crate::media::EndReason::DialogTimeout,
+                    }));
+                }
+                self.teardown(now, &call_id, "Maximum call duration");
+            }
+        }
         self.drain(now);
     }
 
@@ -531,6 +561,17 @@ impl Proxy {
         }
         self.dialog_events
             .push_back(dialog::DialogEvent { call_id, kind });
+    }
+
+    /// Adds a call deadline; ended calls' entries are dropped whenever they
+    /// outnumber the live dialogs, so the heap stays proportional to them.
+    fn schedule_call_deadline(&mut self, at: Instant, call_id: String) {
+        if self.call_deadlines.len() > 2 * self.dialogs.len() + 1024 {
+            let dialogs = &self.dialogs;
+            self.call_deadlines
+                .retain(|std::cmp::Reverse((_, c))| dialogs.get(c).is_some());
+        }
+        self.call_deadlines.push(std::cmp::Reverse((at, call_id)));
     }
 
     /// Number of confirmed dialogs tracked.
@@ -1495,6 +1536,11 @@ impl Proxy {
                             self.dialog_event(call_id, dialog::DialogEventKind::Confirmed);
                         }
                         self.record_dialog(skey, idx, &resp);
+                        if let Some(max) = self.max_call_duration
+                            && self.dialogs.get(&call_id_of(&resp.headers)).is_some()
+                        {
+                            self.schedule_call_deadline(now + max, call_id_of(&resp.headers));
+                        }
                     }
                     self.cancel_branches(now, skey, Some(idx));
                 }

@@ -41,6 +41,7 @@ fn proxy() -> Proxy {
             auth_required: false,
             trusted: vec![],
             media: false,
+            max_call_duration: Some(std::time::Duration::from_secs(3600)),
         },
         local,
         Arc::new(router),
@@ -172,4 +173,46 @@ fn unanswered_branch_times_out_with_408_on_a_virtual_clock() {
     assert!(now >= t0 + std::time::Duration::from_secs(32));
     let up = sent_to(&mut p, CALLER);
     assert!(up.iter().any(|m| m.starts_with("SIP/2.0 408 ")), "{up:?}");
+}
+
+#[test]
+fn calls_are_hung_up_at_the_maximum_duration() {
+    let mut p = proxy();
+    let t0 = Instant::now();
+    feed(&mut p, t0, CALLER, INVITE);
+    let fwd = sent_to(&mut p, PBX);
+    feed(&mut p, t0, PBX, &answer(&fwd[0], "200 OK"));
+    let _ = events(&mut p);
+    let _ = sent_to(&mut p, CALLER);
+    // Nothing happens before the hour is up...
+    p.handle_timeout(t0 + std::time::Duration::from_secs(3599));
+    assert!(events(&mut p).is_empty());
+    assert_eq!(p.dialogs(), 1);
+    // ...then both sides get a BYE and the dialog ends.
+    p.handle_timeout(t0 + std::time::Duration::from_secs(3600));
+    assert_eq!(
+        events(&mut p),
+        vec![DialogEventKind::Terminated {
+            reason: "Maximum call duration".into()
+        }]
+    );
+    let mut byes = Vec::new();
+    while let Some(s) = p.poll_send() {
+        let text = String::from_utf8_lossy(&s.data).into_owned();
+        if text.starts_with("BYE ") {
+            byes.push((s.dest, text));
+        }
+    }
+    assert_eq!(byes.len(), 2, "{byes:?}");
+    assert!(
+        byes.iter()
+            .any(|(d, t)| *d == Destination::Udp(PBX.parse().unwrap())
+                && t.contains("From: <sip:2000@localhost>;tag=ft"))
+    );
+    assert!(
+        byes.iter()
+            .any(|(d, t)| *d == Destination::Udp(CALLER.parse().unwrap())
+                && t.contains("To: <sip:2000@localhost>;tag=ft"))
+    );
+    assert_eq!(p.dialogs(), 0);
 }
