@@ -227,6 +227,9 @@ pub struct StaticRoute {
     pub prefix: String,
     /// The PBX's UDP address.
     pub destination: SocketAddr,
+    /// Codec policy for calls to it (a name under `[rtpengine.codec_policies]`).
+    #[serde(default)]
+    pub codec_policy: Option<String>,
 }
 
 /// Identity of this node.
@@ -595,6 +598,16 @@ impl Config {
         }
         if r.max_contacts == 0 {
             return bad("registrar.max_contacts", "must be positive");
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if let Some(p) = &r.codec_policy
+                && !self.rtpengine.has_codec_policy(p)
+            {
+                return bad(
+                    &format!("routes[{i}].codec_policy"),
+                    format!("no codec policy {p:?} under [rtpengine.codec_policies]"),
+                );
+            }
         }
         if let Err(e) = self.rtpengine.validate() {
             return Err((format!("rtpengine.{}", e.key), e.message));

@@ -164,6 +164,7 @@ async fn gateway(rtp: &Daemon, pbx: Option<u16>) -> TestGateway {
             c.routes = vec![StaticRoute {
                 prefix: "1".into(),
                 destination: format!("127.0.0.1:{p}").parse().unwrap(),
+                codec_policy: None,
             }];
         }
     })
@@ -405,6 +406,7 @@ async fn rtpengine_unreachable_gives_503_fast() {
         c.routes = vec![StaticRoute {
             prefix: "1".into(),
             destination: "127.0.0.1:9".parse().unwrap(),
+            codec_policy: None,
         }];
     })
     .await;
@@ -457,6 +459,7 @@ async fn websocket_dropped_mid_call_hangs_up_the_pbx() {
         c.routes = vec![StaticRoute {
             prefix: "1".into(),
             destination: format!("127.0.0.1:{port}").parse().unwrap(),
+            codec_policy: None,
         }];
     })
     .await;
@@ -507,6 +510,7 @@ async fn websocket_dropped_mid_call_without_media_hangs_up_at_once() {
         c.routes = vec![StaticRoute {
             prefix: "1".into(),
             destination: format!("127.0.0.1:{port}").parse().unwrap(),
+            codec_policy: None,
         }];
     })
     .await;
@@ -670,6 +674,7 @@ async fn many_calls_ending_every_way_leave_rtpengine_empty() {
             c.routes = vec![StaticRoute {
                 prefix: "1".into(),
                 destination: format!("127.0.0.1:{port}").parse().unwrap(),
+                codec_policy: None,
             }];
         })
         .await;
@@ -684,6 +689,74 @@ async fn many_calls_ending_every_way_leave_rtpengine_empty() {
             pbx.finish().await.0,
             "PBX got no BYE after the WebSocket vanished"
         );
+    }
+    wait_empty(&rtp).await;
+}
+
+#[tokio::test]
+async fn codec_policy_of_the_route_shapes_the_offer_to_the_pbx() {
+    let Some(bin) = need_rtpengine() else { return };
+    if !require("sipp", which("sipp").is_some()) {
+        return;
+    }
+    let rtp = Daemon::start(&bin);
+    let port = free_udp_port().port();
+    let uas = scenario("uas.xml");
+    let pbx = Sipp::start(&[
+        "-sf",
+        uas.to_str().unwrap(),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-m",
+        "1",
+    ]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ng = rtp.ng;
+    let gw = TestGateway::start_with(|c| {
+        c.rtpengine.enabled = true;
+        c.rtpengine.instances = vec![RtpengineInstance {
+            address: ng,
+            weight: 1,
+        }];
+        c.rtpengine.codec_policies.insert(
+            "g711u".into(),
+            rtcgate::media::CodecPolicyConfig {
+                preference: vec!["PCMU".into()],
+                ..Default::default()
+            },
+        );
+        c.routes = vec![StaticRoute {
+            prefix: "1".into(),
+            destination: format!("127.0.0.1:{port}").parse().unwrap(),
+            codec_policy: Some("g711u".into()),
+        }];
+    })
+    .await;
+    let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
+    ws_send(
+        &mut ws,
+        &invite("p1", &fixture("out-1_offer_browser-to-proxy_webrtc.sdp")),
+    )
+    .await;
+    let (ok, _) = final_response(&mut ws).await;
+    assert_eq!(code(&ok), 200);
+    ws_send(&mut ws, &in_dialog("ACK", 1, "p1", &ok)).await;
+    ws_send(&mut ws, &in_dialog("BYE", 2, "p1", &ok)).await;
+    assert_eq!(code(&ws_recv(&mut ws).await), 200);
+    let (sipp_ok, log) = pbx.finish().await;
+    assert!(sipp_ok);
+    let sdp = sdp_in_log(&log, "INVITE sip:");
+    assert_plain(&sdp);
+    let m = sdp
+        .lines()
+        .find(|l| l.starts_with("m=audio"))
+        .unwrap()
+        .to_owned();
+    assert!(m.contains("RTP/AVP 0"), "PCMU first: {m}");
+    for other in ["opus/", "G722/", "PCMA/"] {
+        assert!(!sdp.contains(other), "{other} should be gone: {sdp}");
     }
     wait_empty(&rtp).await;
 }

@@ -96,6 +96,7 @@ async fn ws_to_udp_call_through_the_proxy() {
         c.routes = vec![StaticRoute {
             prefix: "1".into(),
             destination: format!("127.0.0.1:{pbx_port}").parse().unwrap(),
+            codec_policy: None,
         }]
     })
     .await;

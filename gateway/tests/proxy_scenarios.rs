@@ -32,6 +32,7 @@ async fn gateway_to(pbx_port: u16) -> TestGateway {
         c.routes = vec![StaticRoute {
             prefix: "1".into(),
             destination: format!("127.0.0.1:{pbx_port}").parse().unwrap(),
+            codec_policy: None,
         }]
     })
     .await

@@ -302,6 +302,7 @@ async fn sipp_registers_over_udp_and_is_called_by_a_ws_client() {
         c.routes = vec![StaticRoute {
             prefix: "9".into(),
             destination: "127.0.0.9:9".parse().unwrap(),
+            codec_policy: None,
         }];
     })
     .await;

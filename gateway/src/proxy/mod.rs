@@ -76,6 +76,8 @@ pub struct MediaMsg {
     pub target: rtcgate_sdp::LegProfile,
     /// The sender's address.
     pub received_from: Option<std::net::IpAddr>,
+    /// The codec policy of the target (offers toward a PBX set).
+    pub codec_policy: Option<String>,
 }
 
 /// Media work (rtpengine) the shell runs for the proxy.
@@ -849,6 +851,7 @@ impl Proxy {
                         uri: req.uri.clone(),
                         dest,
                         kind,
+                        codec_policy: None,
                     }]
                 }),
                 None => Err((400, "Bad Route Header")),
@@ -877,6 +880,7 @@ impl Proxy {
                         uri: req.uri.clone(),
                         dest,
                         kind,
+                        codec_policy: None,
                     }]
                 })
         } else {
@@ -941,6 +945,7 @@ impl Proxy {
             uri: req.uri.clone(),
             dest: Destination::Flow(flow),
             kind: Kind::Ws,
+            codec_policy: None,
         }])
     }
 
@@ -1045,13 +1050,14 @@ impl Proxy {
             if offers_sdp {
                 // rtpengine rewrites the offer for this branch first.
                 let idx = fwd.branches.len();
-                let msg = media_msg(
+                let mut msg = media_msg(
                     &out,
                     &branch,
                     out.body.clone(),
                     profile(target.kind),
                     Some(source.peer().ip()),
                 );
+                msg.codec_policy = target.codec_policy.clone();
                 fwd.branches.push(Branch {
                     key: None,
                     dest: target.dest,
@@ -1468,6 +1474,7 @@ impl Proxy {
                     sdp: resp.body.clone(),
                     target,
                     received_from,
+                    codec_policy: None,
                 };
                 self.tasks.push_back(Task::Media(MediaTask::Answer {
                     key: skey,
@@ -1814,6 +1821,7 @@ fn media_msg(
         sdp,
         target,
         received_from,
+        codec_policy: None,
     }
 }
 

@@ -19,6 +19,26 @@ pub struct Target {
     pub dest: Destination,
     /// The transport, for Via and Record-Route.
     pub kind: Kind,
+    /// The codec policy (by name) for media toward this target.
+    pub codec_policy: Option<String>,
+}
+
+/// The target for a contact from the location service.
+pub fn location_target(t: LocationTarget) -> Target {
+    match t {
+        LocationTarget::Flow(b) => Target {
+            uri: b.contact,
+            dest: Destination::Flow(b.flow),
+            kind: if b.secure { Kind::Wss } else { Kind::Ws },
+            codec_policy: None,
+        },
+        LocationTarget::Udp { contact, addr } => Target {
+            uri: contact,
+            dest: Destination::Udp(addr),
+            kind: Kind::Udp,
+            codec_policy: None,
+        },
+    }
 }
 
 /// The router's answer.
@@ -87,21 +107,7 @@ impl Router for StaticRouter {
         if let Some(location) = &self.location {
             let found = location.lookup(user, &uri.host);
             if !found.is_empty() {
-                let targets = found
-                    .into_iter()
-                    .map(|t| match t {
-                        LocationTarget::Flow(b) => Target {
-                            uri: b.contact,
-                            dest: Destination::Flow(b.flow),
-                            kind: if b.secure { Kind::Wss } else { Kind::Ws },
-                        },
-                        LocationTarget::Udp { contact, addr } => Target {
-                            uri: contact,
-                            dest: Destination::Udp(addr),
-                            kind: Kind::Udp,
-                        },
-                    })
-                    .collect();
+                let targets = found.into_iter().map(location_target).collect();
                 return Decision::Forward(targets);
             }
         }
@@ -119,6 +125,7 @@ impl Router for StaticRouter {
                 uri: new_uri,
                 dest: Destination::Udp(r.destination),
                 kind: Kind::Udp,
+                codec_policy: r.codec_policy.clone(),
             }]);
         }
         Decision::Reject(404, "Not Found")

@@ -45,7 +45,7 @@ fn ctx(m: &MediaMsg) -> SdpContext<'_> {
         via_branch: &m.via_branch,
         sdp: &m.sdp,
         target: m.target,
-        codec_policy: None,
+        codec_policy: m.codec_policy.as_deref(),
         received_from: m.received_from,
     }
 }

@@ -31,6 +31,7 @@ fn proxy() -> Proxy {
         vec![StaticRoute {
             prefix: "1".into(),
             destination: PBX.parse().unwrap(),
+            codec_policy: None,
         }],
         None,
     );

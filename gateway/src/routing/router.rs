@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::proxy::route::UriFacts;
-use crate::proxy::routing::{Decision, Location, LocationTarget, Router, Target};
+use crate::proxy::routing::{Decision, Location, Router, Target, location_target};
 use crate::rsip;
 use crate::transport::{Destination, Kind, Source};
 
@@ -124,21 +124,7 @@ pub fn pbx_target(req: &rsip::Request, user: &str, dest: &RoutedDestination) -> 
         uri,
         dest: Destination::Udp(dest.address),
         kind,
-    }
-}
-
-fn location_target(t: LocationTarget) -> Target {
-    match t {
-        LocationTarget::Flow(b) => Target {
-            uri: b.contact,
-            dest: Destination::Flow(b.flow),
-            kind: if b.secure { Kind::Wss } else { Kind::Ws },
-        },
-        LocationTarget::Udp { contact, addr } => Target {
-            uri: contact,
-            dest: Destination::Udp(addr),
-            kind: Kind::Udp,
-        },
+        codec_policy: dest.codec_policy.clone(),
     }
 }
 
@@ -159,7 +145,7 @@ mod tests {
 
     use super::*;
     use crate::proxy::route::facts_of;
-    use crate::proxy::routing::FlowBinding;
+    use crate::proxy::routing::{FlowBinding, LocationTarget};
     use crate::routing::{RoutingConfig, RoutingTable};
 
     struct OneUser;
