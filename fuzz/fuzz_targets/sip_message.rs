@@ -73,8 +73,6 @@ fuzz_target!(init: common::install_panic_hook(), |data: &[u8]| {
             for code in [100u16, 183, 400, 407, 503] {
                 let resp = build::make_response(&req, code, Some(&reason), Some("fz1"));
                 let _ = build::encode_response(&resp);
-                let legacy = sip::response_to(&req, code, Some("fz2"), "rtcgate");
-                let _ = sip::encode_response(&legacy, Some(&reason));
             }
             if req.method == Method::Invite {
                 if let Ok(cancel) = build::build_cancel(&req) {
