@@ -153,6 +153,16 @@ async fn wait_empty(rtp: &Daemon) {
 }
 
 async fn gateway(rtp: &Daemon, pbx: Option<u16>) -> TestGateway {
+    gateway_with(rtp, pbx, |_| {}).await
+}
+
+/// A gateway using `rtp`, routing `1xxx` to the sipp PBX on `pbx`, with
+/// `tweak` applied last.
+async fn gateway_with(
+    rtp: &Daemon,
+    pbx: Option<u16>,
+    tweak: impl FnOnce(&mut rtcgate::config::Config),
+) -> TestGateway {
     let ng = rtp.ng;
     TestGateway::start_with(|c| {
         c.rtpengine.enabled = true;
@@ -167,6 +177,7 @@ async fn gateway(rtp: &Daemon, pbx: Option<u16>) -> TestGateway {
                 codec_policy: None,
             }];
         }
+        tweak(c);
     })
     .await
 }
@@ -448,19 +459,8 @@ async fn websocket_dropped_mid_call_hangs_up_the_pbx() {
         "1",
     ]);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let ng = rtp.ng;
-    let gw = TestGateway::start_with(|c| {
-        c.rtpengine.enabled = true;
-        c.rtpengine.instances = vec![RtpengineInstance {
-            address: ng,
-            weight: 1,
-        }];
+    let gw = gateway_with(&rtp, Some(port), |c| {
         c.rtpengine.ws_drop_grace_ms = 300;
-        c.routes = vec![StaticRoute {
-            prefix: "1".into(),
-            destination: format!("127.0.0.1:{port}").parse().unwrap(),
-            codec_policy: None,
-        }];
     })
     .await;
     let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
@@ -663,19 +663,8 @@ async fn many_calls_ending_every_way_leave_rtpengine_empty() {
             "1",
         ]);
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let ng = rtp.ng;
-        let gw = TestGateway::start_with(|c| {
-            c.rtpengine.enabled = true;
-            c.rtpengine.instances = vec![RtpengineInstance {
-                address: ng,
-                weight: 1,
-            }];
+        let gw = gateway_with(&rtp, Some(port), |c| {
             c.rtpengine.ws_drop_grace_ms = 200;
-            c.routes = vec![StaticRoute {
-                prefix: "1".into(),
-                destination: format!("127.0.0.1:{port}").parse().unwrap(),
-                codec_policy: None,
-            }];
         })
         .await;
         let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
@@ -713,13 +702,7 @@ async fn codec_policy_of_the_route_shapes_the_offer_to_the_pbx() {
         "1",
     ]);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let ng = rtp.ng;
-    let gw = TestGateway::start_with(|c| {
-        c.rtpengine.enabled = true;
-        c.rtpengine.instances = vec![RtpengineInstance {
-            address: ng,
-            weight: 1,
-        }];
+    let gw = gateway_with(&rtp, Some(port), |c| {
         c.rtpengine.codec_policies.insert(
             "g711u".into(),
             rtcgate::media::CodecPolicyConfig {
@@ -727,11 +710,7 @@ async fn codec_policy_of_the_route_shapes_the_offer_to_the_pbx() {
                 ..Default::default()
             },
         );
-        c.routes = vec![StaticRoute {
-            prefix: "1".into(),
-            destination: format!("127.0.0.1:{port}").parse().unwrap(),
-            codec_policy: Some("g711u".into()),
-        }];
+        c.routes[0].codec_policy = Some("g711u".into());
     })
     .await;
     let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();

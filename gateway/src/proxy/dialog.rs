@@ -82,6 +82,9 @@ impl Dialog {
 #[derive(Debug, Default)]
 pub struct Dialogs {
     by_call: HashMap<String, Dialog>,
+    /// Call-IDs per WebSocket flow, so a closing flow finds its calls
+    /// without scanning every dialog.
+    by_flow: HashMap<FlowId, Vec<String>>,
     /// Cap, so a flood of answered-but-never-ended calls stays bounded.
     max: usize,
 }
@@ -91,6 +94,7 @@ impl Dialogs {
     pub fn new(max: usize) -> Self {
         Self {
             by_call: HashMap::new(),
+            by_flow: HashMap::new(),
             max,
         }
     }
@@ -110,10 +114,16 @@ impl Dialogs {
         if self.by_call.len() >= self.max && !self.by_call.contains_key(&d.call_id) {
             // Drop an arbitrary old one rather than grow without bound.
             if let Some(k) = self.by_call.keys().next().cloned() {
-                self.by_call.remove(&k);
+                self.remove(&k);
             }
         }
-        self.by_call.entry(d.call_id.clone()).or_insert(d);
+        if self.by_call.contains_key(&d.call_id) {
+            return;
+        }
+        for f in d.flows() {
+            self.by_flow.entry(f).or_default().push(d.call_id.clone());
+        }
+        self.by_call.insert(d.call_id.clone(), d);
     }
 
     /// Notes the CSeq of an in-dialog request sent by the side with `from_tag`.
@@ -129,16 +139,21 @@ impl Dialogs {
 
     /// Removes a dialog (BYE seen, or torn down).
     pub fn remove(&mut self, call_id: &str) -> Option<Dialog> {
-        self.by_call.remove(call_id)
+        let d = self.by_call.remove(call_id)?;
+        for f in d.flows() {
+            if let Some(calls) = self.by_flow.get_mut(&f) {
+                calls.retain(|c| c != call_id);
+                if calls.is_empty() {
+                    self.by_flow.remove(&f);
+                }
+            }
+        }
+        Some(d)
     }
 
     /// Call-IDs of the dialogs using a flow.
     pub fn on_flow(&self, flow: FlowId) -> Vec<String> {
-        self.by_call
-            .values()
-            .filter(|d| d.flows().any(|f| f == flow))
-            .map(|d| d.call_id.clone())
-            .collect()
+        self.by_flow.get(&flow).cloned().unwrap_or_default()
     }
 
     /// A dialog by Call-ID.
@@ -225,5 +240,19 @@ mod tests {
             t.insert(d);
         }
         assert_eq!(t.len(), 2);
+        // The flow index follows evictions and removals.
+        let left: usize = (0..5)
+            .map(|i| {
+                t.on_flow(7)
+                    .iter()
+                    .filter(|c| **c == format!("c{i}"))
+                    .count()
+            })
+            .sum();
+        assert_eq!(left, 2);
+        for i in 0..5 {
+            t.remove(&format!("c{i}"));
+        }
+        assert!(t.on_flow(7).is_empty());
     }
 }

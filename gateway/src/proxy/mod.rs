@@ -679,14 +679,7 @@ impl Proxy {
         ) else {
             return;
         };
-        let cseq = req
-            .headers
-            .iter()
-            .find_map(|h| match h {
-                rsip::Header::CSeq(c) => c.value().split_whitespace().next()?.parse().ok(),
-                _ => None,
-            })
-            .unwrap_or(1);
+        let cseq = cseq_number(&req.headers).max(1);
         // Record-Route of the 2xx: [downstream..., ours (2), upstream...].
         let rr: Vec<String> = resp
             .headers
@@ -799,14 +792,7 @@ impl Proxy {
         if to_tag.is_some() {
             let call_id = call_id_of(&req.headers);
             if let Some(from_tag) = tag_of_header(&req, |h| matches!(h, rsip::Header::From(_))) {
-                let cseq = req
-                    .headers
-                    .iter()
-                    .find_map(|h| match h {
-                        rsip::Header::CSeq(c) => c.value().split_whitespace().next()?.parse().ok(),
-                        _ => None,
-                    })
-                    .unwrap_or(0);
+                let cseq = cseq_number(&req.headers);
                 self.dialogs.saw_request(&call_id, &from_tag, cseq);
             }
         }
@@ -1737,14 +1723,7 @@ impl Proxy {
     fn loop_hash(&self, req: &rsip::Request) -> String {
         let from = tag_of_header(req, |h| matches!(h, rsip::Header::From(_))).unwrap_or_default();
         let to = tag_of_header(req, |h| matches!(h, rsip::Header::To(_))).unwrap_or_default();
-        let call_id = req
-            .headers
-            .iter()
-            .find_map(|h| match h {
-                rsip::Header::CallId(c) => Some(c.value().trim().to_owned()),
-                _ => None,
-            })
-            .unwrap_or_default();
+        let call_id = call_id_of(&req.headers);
         let cseq = req
             .headers
             .iter()
@@ -1778,7 +1757,19 @@ fn profile(kind: Kind) -> rtcgate_sdp::LegProfile {
     }
 }
 
-fn call_id_of(headers: &rsip::Headers) -> String {
+/// The CSeq sequence number (0 when absent or malformed).
+fn cseq_number(headers: &rsip::Headers) -> u32 {
+    headers
+        .iter()
+        .find_map(|h| match h {
+            rsip::Header::CSeq(c) => c.value().split_whitespace().next()?.parse().ok(),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+/// The Call-ID value, trimmed (empty when absent).
+pub(crate) fn call_id_of(headers: &rsip::Headers) -> String {
     headers
         .iter()
         .find_map(|h| match h {
@@ -1886,22 +1877,9 @@ fn set_max_forwards(req: &mut rsip::Request) {
         )));
 }
 
-/// The `tag` parameter of the first header matching `which`.
+/// The `tag` parameter of a request's first header matching `which`.
 fn tag_of_header(req: &rsip::Request, which: impl Fn(&rsip::Header) -> bool) -> Option<String> {
-    let h = req.headers.iter().find(|h| which(h))?;
-    let text = h.to_string();
-    let value = text.split_once(':').map_or("", |(_, v)| v);
-    // Parameters after the URI (outside <>).
-    let after = match value.rfind('>') {
-        Some(i) => &value[i + 1..],
-        None => value,
-    };
-    after.split(';').find_map(|p| {
-        let (n, v) = p.split_once('=')?;
-        n.trim()
-            .eq_ignore_ascii_case("tag")
-            .then(|| v.trim().to_owned())
-    })
+    header_tag(&req.headers, which)
 }
 
 /// The first Via value of a message (splitting a comma-joined header).

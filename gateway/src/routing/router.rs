@@ -48,7 +48,7 @@ impl RoutingRouter {
     /// Routes a request, keeping a PBX set's whole ordered list.
     pub fn route_pbx(&self, req: &rsip::Request, uri: &UriFacts, source: &Source) -> PbxDecision {
         let user = uri.user.as_deref().unwrap_or("");
-        let call_id = call_id_of(req);
+        let call_id = crate::proxy::call_id_of(&req.headers);
         let query = RouteQuery {
             user,
             domain: &uri.host,
@@ -126,16 +126,6 @@ pub fn pbx_target(req: &rsip::Request, user: &str, dest: &RoutedDestination) -> 
         kind,
         codec_policy: dest.codec_policy.clone(),
     }
-}
-
-fn call_id_of(req: &rsip::Request) -> String {
-    req.headers
-        .iter()
-        .find_map(|h| match h {
-            rsip::Header::CallId(c) => Some(c.value().trim().to_owned()),
-            _ => None,
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
