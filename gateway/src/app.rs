@@ -64,6 +64,27 @@ pub fn ensure_sqlite_dir(url: &str) {
     }
 }
 
+/// Accounting settings from the configuration: the media wait only when
+/// rtpengine is used, and calls never seen to end given up an hour after the
+/// maximum call duration.
+fn accounting_config(config: &Config) -> crate::accounting::AccountingConfig {
+    let a = &config.accounting;
+    let max_age = match config.sip.max_call_duration_s {
+        0 => std::time::Duration::from_secs(24 * 3600),
+        s => std::time::Duration::from_secs(s.saturating_add(3600)),
+    };
+    crate::accounting::AccountingConfig {
+        queue: a.queue_size,
+        batch: a.batch_size,
+        media_wait: if config.rtpengine.enabled {
+            std::time::Duration::from_millis(a.media_wait_ms)
+        } else {
+            std::time::Duration::ZERO
+        },
+        max_age,
+    }
+}
+
 /// A running gateway.
 pub struct App {
     /// The listeners.
@@ -74,6 +95,8 @@ pub struct App {
     pub config: Arc<Config>,
     /// Registrations (and, through it, the store).
     pub location: Arc<crate::store::LocationService>,
+    /// Call records, when `[accounting]` is enabled.
+    pub accounting: Option<crate::accounting::Accounting>,
 }
 
 impl App {
@@ -102,6 +125,9 @@ impl App {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
+        let accounting = config.accounting.enabled.then(|| {
+            crate::accounting::Accounting::start(store.clone(), accounting_config(&config))
+        });
         let location: Arc<crate::store::LocationService> = Arc::new(
             crate::store::LocationService::load(store, config.general.node_id.clone(), now)
                 .await
@@ -133,10 +159,14 @@ impl App {
             Some((m, e)) => (Some(m), Some(e)),
             None => (None, None),
         };
+        if let (Some(m), Some(a)) = (&media, &accounting) {
+            m.report_deleted_calls(a.media_sink());
+        }
         let services = Arc::new(shell::Services {
             ws_algorithms,
             udp_algorithms,
             media,
+            accounting: accounting.clone(),
             auth: std::sync::Mutex::new(crate::auth::DigestAuth::new(auth_cfg, secret)),
             location: location.clone(),
             registrar: crate::registrar::RegistrarConfig {
@@ -207,6 +237,7 @@ impl App {
             tls,
             config,
             location,
+            accounting,
         })
     }
 

@@ -69,6 +69,36 @@ pub struct Config {
     pub registrar: Registrar,
     /// rtpengine and the media policy (`[rtpengine]`).
     pub rtpengine: crate::media::MediaConfig,
+    /// Call records (`[accounting]`).
+    pub accounting: Accounting,
+}
+
+/// Call records: one row per call in `call_records` (`rtcgate cdr list`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Accounting {
+    /// Write a record for every call.
+    pub enabled: bool,
+    /// Events and records queued toward the database; beyond that (a slow
+    /// or unreachable database) records are dropped and counted, never
+    /// waited for.
+    pub queue_size: usize,
+    /// Records written per database transaction, at most.
+    pub batch_size: usize,
+    /// How long an ended call waits for rtpengine's delete statistics before
+    /// its record is written without them, in milliseconds.
+    pub media_wait_ms: u64,
+}
+
+impl Default for Accounting {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            queue_size: 10_000,
+            batch_size: 100,
+            media_wait_ms: 2_000,
+        }
+    }
 }
 
 /// The SQL database (SQLite embedded by default; MariaDB or PostgreSQL by URL).
@@ -615,6 +645,16 @@ impl Config {
         if self.tls.reload_check_ms == 0 {
             return bad("tls.reload_check_ms", "must be positive");
         }
+        let a = &self.accounting;
+        if !(1..=1_000_000).contains(&a.queue_size) {
+            return bad("accounting.queue_size", "must be between 1 and 1000000");
+        }
+        if !(1..=10_000).contains(&a.batch_size) {
+            return bad("accounting.batch_size", "must be between 1 and 10000");
+        }
+        if a.media_wait_ms > 60_000 {
+            return bad("accounting.media_wait_ms", "must be at most 60000");
+        }
         Ok(())
     }
 }
@@ -707,6 +747,17 @@ mod tests {
         assert!(ws.origin_allowed(Some("https://LOCALHOST:8443/")));
         assert!(!ws.origin_allowed(Some("https://evil.example")));
         assert!(ws.origin_allowed(None));
+    }
+
+    #[test]
+    fn accounting_section() {
+        let c = Config::parse("", "").unwrap();
+        assert!(c.accounting.enabled, "on by default");
+        let c = Config::parse("[accounting]\nenabled = false\n", "").unwrap();
+        assert!(!c.accounting.enabled);
+        let err = Config::parse("[accounting]\nbatch_size = 0\n", "a.toml").unwrap_err();
+        assert!(err.to_string().contains("a.toml:2"), "{err}");
+        assert!(Config::parse("[accounting]\nenable = true\n", "").is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub use rsipstack::rsip;
 
+pub mod accounting;
 pub mod app;
 pub mod auth;
 pub mod config;

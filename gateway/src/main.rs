@@ -51,6 +51,27 @@ enum Command {
         #[command(subcommand)]
         command: LocationCommand,
     },
+    /// Call records (talks to the database directly).
+    Cdr {
+        /// Configuration file (for the database URL).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: CdrCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CdrCommand {
+    /// The latest call records, newest first.
+    List {
+        /// How many.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: u32,
+        /// One JSON object per line (with the media statistics).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -147,6 +168,7 @@ fn main() -> ExitCode {
         },
         Command::User { config, command } => admin(config, AdminCommand::User(command)),
         Command::Location { config, command } => admin(config, AdminCommand::Location(command)),
+        Command::Cdr { config, command } => admin(config, AdminCommand::Cdr(command)),
         Command::Run { config, web_root } => {
             let config = match config {
                 Some(path) => match Config::load(&path) {
@@ -174,6 +196,7 @@ fn main() -> ExitCode {
 enum AdminCommand {
     User(UserCommand),
     Location(LocationCommand),
+    Cdr(CdrCommand),
 }
 
 fn load_or_default(config: Option<PathBuf>) -> Result<Config, ExitCode> {
@@ -265,6 +288,15 @@ fn admin(config: Option<PathBuf>, command: AdminCommand) -> ExitCode {
                         );
                     }
                 }
+                AdminCommand::Cdr(CdrCommand::List { limit, json }) => {
+                    let rows = store.list_call_records(limit, None).await?;
+                    if rows.is_empty() && !json {
+                        println!("no call records");
+                    }
+                    for r in rows {
+                        println!("{}", if json { cdr_json(&r) } else { cdr_line(&r) });
+                    }
+                }
             }
             Ok(())
         }
@@ -277,6 +309,73 @@ fn admin(config: Option<PathBuf>, command: AdminCommand) -> ExitCode {
             }
         }
     })
+}
+
+/// One call record as a line of text.
+fn cdr_line(r: &rtcgate::store::CallRecord) -> String {
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    format!(
+        "{}  {}  {} -> {}  {}  {} {}  {}  {}  {}",
+        r.id,
+        utc(r.started_at_ms),
+        r.caller,
+        r.callee,
+        or_dash(r.direction.clone()),
+        or_dash(r.disposition.map(|d| d.to_string())),
+        or_dash(r.reason.clone()),
+        or_dash(
+            r.duration_ms()
+                .map(|d| format!("{}.{:03}s", d / 1000, d % 1000))
+        ),
+        or_dash(r.destination.clone()),
+        r.call_id,
+    )
+}
+
+/// One call record as a JSON object.
+fn cdr_json(r: &rtcgate::store::CallRecord) -> String {
+    let media: Option<serde_json::Value> = r
+        .media_stats
+        .as_deref()
+        .and_then(|m| serde_json::from_str(m).ok());
+    serde_json::json!({
+        "id": r.id,
+        "call_id": r.call_id,
+        "caller": r.caller,
+        "callee": r.callee,
+        "direction": r.direction,
+        "destination": r.destination,
+        "started_at_ms": r.started_at_ms,
+        "answered_at_ms": r.answered_at_ms,
+        "ended_at_ms": r.ended_at_ms,
+        "duration_ms": r.duration_ms(),
+        "disposition": r.disposition,
+        "reason": r.reason,
+        "media": media,
+    })
+    .to_string()
+}
+
+/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn utc(ms: i64) -> String {
+    let (secs, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn init_tracing(default: &str) {
@@ -312,4 +411,14 @@ async fn run(config: Config, web_root: Option<PathBuf>) -> ExitCode {
     tracing::info!("shutting down");
     app.shutdown();
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::utc(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(super::utc(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
+    }
 }

@@ -172,6 +172,7 @@ on_all_backends!(
     flow_close_removes_its_bindings,
     subscriber_admin_and_typed_errors,
     call_records_insert_update_list,
+    call_records_batch_from_accounting,
 );
 
 // ---------------------------------------------------------------- harness
@@ -709,6 +710,7 @@ async fn call_records_insert_update_list(url: String) {
             callee: "sip:1001@127.0.0.1".into(),
             destination: None,
             started_at_ms: 1_000,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -719,6 +721,7 @@ async fn call_records_insert_update_list(url: String) {
             callee: "b".into(),
             destination: Some("pbx1".into()),
             started_at_ms: 2_000,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -754,6 +757,70 @@ async fn call_records_insert_update_list(url: String) {
         1
     );
     store.close().await;
+}
+
+/// Finished records as accounting writes them: one transaction per batch,
+/// every column (direction, reason, media JSON) round-trips, newest first.
+async fn call_records_batch_from_accounting(url: String) {
+    let store = Store::connect(&url).await.unwrap();
+    assert_eq!(store.insert_call_records(&[]).await.unwrap(), 0);
+    let answered = NewCallRecord {
+        call_id: "a1@browser".into(),
+        caller: "2000@example.org".into(),
+        callee: "1001@example.org".into(),
+        destination: Some("udp:192.0.2.10:5060".into()),
+        started_at_ms: 1_700_000_000_000,
+        answered_at_ms: Some(1_700_000_002_500),
+        ended_at_ms: Some(1_700_000_062_500),
+        disposition: Some(200),
+        media_stats: Some(r#"{"legs":[{"leg":"caller","packets":3000}]}"#.into()),
+        direction: Some("browser_to_pbx".into()),
+        reason: Some("bye_callee".into()),
+    };
+    let busy = NewCallRecord {
+        call_id: "b1'; DROP TABLE call_records; --".into(),
+        caller: "sipp@127.0.0.1".into(),
+        callee: "1001@127.0.0.1".into(),
+        started_at_ms: 1_700_000_100_000,
+        ended_at_ms: Some(1_700_000_100_300),
+        disposition: Some(486),
+        direction: Some("pbx_to_pbx".into()),
+        reason: Some("busy".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        store
+            .insert_call_records(&[answered.clone(), busy.clone()])
+            .await
+            .unwrap(),
+        2
+    );
+    let rows = store.list_call_records(10, None).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let (b, a) = (&rows[0], &rows[1]);
+    assert!(b.id > a.id);
+    assert_eq!(
+        (a.call_id.as_str(), a.caller.as_str(), a.callee.as_str()),
+        ("a1@browser", "2000@example.org", "1001@example.org")
+    );
+    assert_eq!(a.destination, answered.destination);
+    assert_eq!(a.started_at_ms, answered.started_at_ms);
+    assert_eq!(a.answered_at_ms, answered.answered_at_ms);
+    assert_eq!(a.ended_at_ms, answered.ended_at_ms);
+    assert_eq!(a.disposition, Some(200));
+    assert_eq!(a.media_stats, answered.media_stats);
+    assert_eq!(a.direction.as_deref(), Some("browser_to_pbx"));
+    assert_eq!(a.reason.as_deref(), Some("bye_callee"));
+    assert_eq!(a.duration_ms(), Some(60_000));
+    assert_eq!(b.call_id, busy.call_id);
+    assert_eq!(b.disposition, Some(486));
+    assert_eq!(b.reason.as_deref(), Some("busy"));
+    assert_eq!(b.duration_ms(), None);
+    assert_eq!(b.destination, None);
+    // A batch is all or nothing: a closed pool writes nothing and says so.
+    store.close().await;
+    let e = store.insert_call_records(&[busy]).await.unwrap_err();
+    assert!(e.is_unavailable(), "{e:?}");
 }
 
 // ---------------------------------------------------------------- no database needed

@@ -25,6 +25,7 @@
 //! | browser WebSocket dropped / back | [`Media::ws_dropped`] / [`Media::ws_restored`] |
 //! | [`MediaEvent::TearDown`] received | BYE/CANCEL the SIP side |
 //! | node shutdown | [`Media::shutdown`] |
+//! | accounting wants final statistics | [`Media::report_deleted_calls`] once at start ([`DeletedCall`]: ng `query` before each whole-call delete) |
 //!
 //! Messages without SDP never reach rtpengine.
 
@@ -38,5 +39,5 @@ pub use config::{CodecPolicyConfig, MediaConfig, MediaConfigError, RtpengineInst
 pub use error::MediaError;
 pub use request::{Carrier, NgTags, media_request, ng_tags};
 pub use rtcgate_sdp::LegProfile;
-pub use service::{Media, MediaEvent, SdpContext};
+pub use service::{DeletedCall, Media, MediaEvent, SdpContext};
 pub use tracker::{EndReason, Expired, MediaTracker, MsgIds, NgPlan, TrackerConfig};

@@ -3,10 +3,10 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use ngclient::{CallRef, NgClient, NgError, Target};
+use ngclient::{CallRef, CallStats, NgClient, NgError, Target};
 use rtcgate_sdp::{FlagOptions, LegProfile, Limits, SdpKind, inspect, ng_flags};
 use tokio::sync::mpsc;
 
@@ -67,12 +67,24 @@ pub enum MediaEvent {
     },
 }
 
+/// rtpengine's final statistics of a call, taken (ng `query`) right before its
+/// whole-call `delete`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedCall {
+    /// Call-ID.
+    pub call_id: String,
+    /// What rtpengine counted (per tag, and totals).
+    pub stats: CallStats,
+}
+
 struct Inner {
     client: NgClient,
     tracker: Mutex<MediaTracker>,
     config: MediaConfig,
     limits: Limits,
     events: mpsc::UnboundedSender<MediaEvent>,
+    /// Where the statistics of deleted calls go (accounting), if anywhere.
+    deleted: OnceLock<mpsc::Sender<DeletedCall>>,
 }
 
 /// The media service: one per node. Cheap to clone.
@@ -106,6 +118,21 @@ impl Inner {
     /// in rtpengine is not a failure here).
     async fn delete(&self, call: CallRef) -> bool {
         let whole = call.via_branch.is_none() && call.to_tag.is_none();
+        // rtpengine answers a delete without tags with a bare "ok": the call's
+        // final statistics come from a `query` just before it, for accounting.
+        if whole
+            && let Some(tx) = self.deleted.get()
+            && let Some(stats) = self.final_stats(&call.call_id).await
+        {
+            let report = DeletedCall {
+                call_id: call.call_id.clone(),
+                stats,
+            };
+            // Never wait here: a full receiver loses these statistics.
+            if tx.try_send(report).is_err() {
+                tracing::debug!(call_id = %call.call_id, "call statistics not taken");
+            }
+        }
         let res = tokio::time::timeout(
             self.config.delete_deadline(),
             self.client.delete(&call, Target::Auto),
@@ -134,6 +161,28 @@ impl Inner {
             }
         }
     }
+
+    /// The call's statistics (ng `query`), within half the delete deadline so
+    /// that the delete after it keeps most of its time.
+    async fn final_stats(&self, call_id: &str) -> Option<CallStats> {
+        let q = CallRef::new(call_id);
+        let res = tokio::time::timeout(
+            self.config.delete_deadline() / 2,
+            self.client.query(&q, Target::Auto),
+        )
+        .await;
+        match res {
+            Ok(Ok(resp)) => Some(resp.reply.call_stats()),
+            Ok(Err(e)) => {
+                tracing::debug!(call_id, error = %e, "rtpengine query before delete failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(call_id, "rtpengine query before delete timed out");
+                None
+            }
+        }
+    }
 }
 
 impl Media {
@@ -155,9 +204,17 @@ impl Media {
             limits: config.sdp_limits.into(),
             config,
             events: tx,
+            deleted: OnceLock::new(),
         });
         tokio::spawn(timer_task(Arc::downgrade(&inner)));
         Ok((Media { inner }, rx))
+    }
+
+    /// From now on, queries every call's statistics just before its whole-call
+    /// delete and sends them to `tx` (without waiting: a full channel loses
+    /// them). Only the first call takes effect; returns whether this one did.
+    pub fn report_deleted_calls(&self, tx: mpsc::Sender<DeletedCall>) -> bool {
+        self.inner.deleted.set(tx).is_ok()
     }
 
     /// The ng client (for health, metrics, `query`/`list`).

@@ -3,15 +3,20 @@
 //! the other side gets a BYE from rtcgate instead of a half-dead call.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use crate::rsip;
 use crate::transport::{Destination, FlowId, Kind};
 
-/// A change in a dialog's life, for accounting and metrics.
+/// A change in a call's life, for accounting and metrics. Every call (an
+/// initial INVITE that was routed) gives `Started`, then `Early` (maybe),
+/// then either `Failed`, or `Confirmed` and later `Terminated`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DialogEvent {
     /// Call-ID.
     pub call_id: String,
+    /// When it happened (the proxy's `now`).
+    pub at: Instant,
     /// What happened.
     pub kind: DialogEventKind,
 }
@@ -19,20 +24,124 @@ pub struct DialogEvent {
 /// What happened to a dialog.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DialogEventKind {
+    /// An initial INVITE was routed (forwarded, or rejected by routing).
+    Started(CallStart),
     /// A provisional response with a To tag created an early dialog.
     Early,
     /// A 2xx confirmed it.
-    Confirmed,
+    Confirmed {
+        /// Where the answering branch went (see [`describe_destination`]).
+        destination: String,
+    },
     /// A BYE or rtcgate's own teardown ended it.
     Terminated {
-        /// `bye` or the teardown reason.
-        reason: String,
+        /// Why.
+        reason: EndCause,
     },
-    /// The INVITE failed (final non-2xx) after an early dialog.
+    /// The INVITE failed: a final non-2xx response went to the caller.
     Failed {
         /// The final status sent upstream.
         status: u16,
     },
+}
+
+/// Who calls whom, as the proxy saw the initial INVITE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallStart {
+    /// `user@host` of the From URI.
+    pub caller: String,
+    /// The From tag (names the caller's leg in rtpengine's statistics).
+    pub caller_tag: String,
+    /// `user@host` of the Request-URI as received.
+    pub callee: String,
+    /// Browser or SIP peer on each side (`None`: routing found no target).
+    pub direction: Option<Direction>,
+    /// Where the INVITE was forwarded, one entry per fork (empty when rejected).
+    pub destinations: Vec<String>,
+}
+
+/// Which kinds of peer a call connects: browsers come over WebSocket, PBXes
+/// and other SIP peers over UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// A browser calls a PBX.
+    BrowserToPbx,
+    /// A PBX calls a browser.
+    PbxToBrowser,
+    /// A browser calls a browser.
+    BrowserToBrowser,
+    /// A SIP peer calls a SIP peer through rtcgate.
+    PbxToPbx,
+}
+
+impl Direction {
+    /// From the transports of the caller and of the callee.
+    pub fn of(caller: Kind, callee: Kind) -> Self {
+        let browser = |k: Kind| matches!(k, Kind::Ws | Kind::Wss);
+        match (browser(caller), browser(callee)) {
+            (true, true) => Self::BrowserToBrowser,
+            (true, false) => Self::BrowserToPbx,
+            (false, true) => Self::PbxToBrowser,
+            (false, false) => Self::PbxToPbx,
+        }
+    }
+
+    /// A stable label for records and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BrowserToPbx => "browser_to_pbx",
+            Self::PbxToBrowser => "pbx_to_browser",
+            Self::BrowserToBrowser => "browser_to_browser",
+            Self::PbxToPbx => "pbx_to_pbx",
+        }
+    }
+}
+
+/// Why a confirmed call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EndCause {
+    /// The caller sent BYE.
+    ByeFromCaller,
+    /// The callee sent BYE.
+    ByeFromCallee,
+    /// A browser's WebSocket closed (and did not come back within the media grace).
+    WsDropped,
+    /// The maximum call duration passed.
+    MaxDuration,
+    /// An operator hung the call up.
+    AdminHangup,
+}
+
+impl EndCause {
+    /// A stable label for records and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ByeFromCaller => "bye_caller",
+            Self::ByeFromCallee => "bye_callee",
+            Self::WsDropped => "ws_drop",
+            Self::MaxDuration => "max_duration",
+            Self::AdminHangup => "admin_hangup",
+        }
+    }
+
+    /// Text for the `Reason` header of the BYEs rtcgate sends.
+    pub fn text(self) -> &'static str {
+        match self {
+            Self::ByeFromCaller | Self::ByeFromCallee => "Call completed",
+            Self::WsDropped => "WebSocket closed",
+            Self::MaxDuration => "Maximum call duration",
+            Self::AdminHangup => "Administrative hangup",
+        }
+    }
+}
+
+/// How a destination is written in events and call records: `udp:ip:port`
+/// for SIP peers, the contact URI for browsers (their flows have no address).
+pub fn describe_destination(dest: Destination, uri: &rsip::Uri) -> String {
+    match dest {
+        Destination::Udp(a) => format!("udp:{a}"),
+        Destination::Flow(_) => uri.to_string(),
+    }
 }
 
 /// One side of a dialog, as seen from rtcgate.

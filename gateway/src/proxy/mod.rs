@@ -312,6 +312,9 @@ pub struct Proxy {
     dialog_events: VecDeque<dialog::DialogEvent>,
     /// Call-IDs with an early (not yet confirmed) dialog.
     early: std::collections::HashSet<String>,
+    /// Call-IDs whose initial INVITE was routed and has no final response
+    /// yet (each gets exactly one `Confirmed` or `Failed`).
+    started: std::collections::HashSet<String>,
     max_call_duration: Option<std::time::Duration>,
     /// When confirmed dialogs time out (lazy deletion: an entry whose dialog
     /// is gone is skipped).
@@ -358,6 +361,7 @@ impl Proxy {
             dialogs: dialog::Dialogs::new(200_000),
             dialog_events: VecDeque::new(),
             early: std::collections::HashSet::new(),
+            started: std::collections::HashSet::new(),
             max_call_duration: config.max_call_duration,
             call_deadlines: std::collections::BinaryHeap::new(),
             forwards: HashMap::new(),
@@ -405,7 +409,7 @@ impl Proxy {
                         reason: crate::media::EndReason::DialogTimeout,
                     }));
                 }
-                self.teardown(now, &call_id, "Maximum call duration");
+                self.teardown(now, &call_id, dialog::EndCause::MaxDuration);
             }
         }
         self.drain(now);
@@ -508,10 +512,12 @@ impl Proxy {
         let targets = match self.router.route(&req, &facts, &source) {
             Decision::Forward(t) if !t.is_empty() => t,
             Decision::Forward(_) => {
+                self.call_rejected(now, &req, &source, 480);
                 self.reply(now, key, &req, 480, Some("Temporarily Unavailable"));
                 return;
             }
             Decision::Reject(code, reason) => {
+                self.call_rejected(now, &req, &source, code);
                 self.reply(now, key, &req, code, Some(reason));
                 return;
             }
@@ -538,7 +544,7 @@ impl Proxy {
                 self.tasks
                     .push_back(Task::Media(MediaTask::WsDropped { call_id }));
             } else {
-                self.teardown(now, &call_id, "WebSocket closed");
+                self.teardown(now, &call_id, dialog::EndCause::WsDropped);
             }
         }
         self.drain(now);
@@ -547,7 +553,7 @@ impl Proxy {
     /// The media layer gave up on a call (its browser's WebSocket did not
     /// come back): hang up the sides that are still there.
     pub fn media_teardown(&mut self, now: Instant, call_id: &str) {
-        self.teardown(now, call_id, "WebSocket closed");
+        self.teardown(now, call_id, dialog::EndCause::WsDropped);
         self.drain(now);
     }
 
@@ -556,13 +562,59 @@ impl Proxy {
         self.dialog_events.pop_front()
     }
 
-    fn dialog_event(&mut self, call_id: String, kind: dialog::DialogEventKind) {
+    fn dialog_event(&mut self, now: Instant, call_id: String, kind: dialog::DialogEventKind) {
         // Bounded: a shell that never drains must not grow memory.
         if self.dialog_events.len() >= 10_000 {
             self.dialog_events.pop_front();
         }
-        self.dialog_events
-            .push_back(dialog::DialogEvent { call_id, kind });
+        self.dialog_events.push_back(dialog::DialogEvent {
+            call_id,
+            at: now,
+            kind,
+        });
+    }
+
+    /// `Started` for an initial INVITE about to be forwarded to `targets`.
+    fn call_started(
+        &mut self,
+        now: Instant,
+        req: &rsip::Request,
+        source: &Source,
+        targets: &[Target],
+    ) {
+        let call_id = call_id_of(&req.headers);
+        let start = dialog::CallStart {
+            caller: from_party(req),
+            caller_tag: tag_of_header(req, |h| matches!(h, rsip::Header::From(_)))
+                .unwrap_or_default(),
+            callee: party(&route::facts_of(&req.uri)),
+            direction: targets
+                .first()
+                .map(|t| dialog::Direction::of(source.kind(), t.kind)),
+            destinations: targets
+                .iter()
+                .map(|t| dialog::describe_destination(t.dest, &t.uri))
+                .collect(),
+        };
+        // Bounded by the INVITE transactions: every one ends with a final response.
+        self.started.insert(call_id.clone());
+        self.dialog_event(now, call_id, dialog::DialogEventKind::Started(start));
+    }
+
+    /// `Started` then `Failed` for an initial INVITE that routing refused.
+    fn call_rejected(&mut self, now: Instant, req: &rsip::Request, source: &Source, status: u16) {
+        if req.method == rsip::Method::Invite {
+            self.call_started(now, req, source, &[]);
+            self.call_failed(now, call_id_of(&req.headers), status);
+        }
+    }
+
+    /// `Failed`, once, for a started call.
+    fn call_failed(&mut self, now: Instant, call_id: String, status: u16) {
+        self.early.remove(&call_id);
+        if self.started.remove(&call_id) {
+            self.dialog_event(now, call_id, dialog::DialogEventKind::Failed { status });
+        }
     }
 
     /// Adds a call deadline; ended calls' entries are dropped whenever they
@@ -582,16 +634,16 @@ impl Proxy {
     }
 
     /// Sends BYE to every side of a dialog whose transport is still up.
-    fn teardown(&mut self, now: Instant, call_id: &str, reason: &str) {
+    fn teardown(&mut self, now: Instant, call_id: &str, cause: dialog::EndCause) {
         let Some(d) = self.dialogs.remove(call_id) else {
             return;
         };
         self.dialog_event(
+            now,
             call_id.to_owned(),
-            dialog::DialogEventKind::Terminated {
-                reason: reason.to_owned(),
-            },
+            dialog::DialogEventKind::Terminated { reason: cause },
         );
+        let reason = cause.text();
         for to_caller in [true, false] {
             let side = if to_caller { &d.caller } else { &d.callee };
             if let Destination::Flow(f) = side.dest
@@ -904,12 +956,17 @@ impl Proxy {
                 if req.method == rsip::Method::Bye {
                     // Routed (possibly by the dialog record): the dialog ends.
                     let call_id = call_id_of(&req.headers);
-                    if self.dialogs.remove(&call_id).is_some() {
+                    if let Some(d) = self.dialogs.remove(&call_id) {
+                        let from_tag = tag_of_header(&req, |h| matches!(h, rsip::Header::From(_)));
+                        let reason = if from_tag.as_deref() == Some(d.callee.tag.as_str()) {
+                            dialog::EndCause::ByeFromCallee
+                        } else {
+                            dialog::EndCause::ByeFromCaller
+                        };
                         self.dialog_event(
+                            now,
                             call_id,
-                            dialog::DialogEventKind::Terminated {
-                                reason: "bye".into(),
-                            },
+                            dialog::DialogEventKind::Terminated { reason },
                         );
                     }
                 }
@@ -981,6 +1038,9 @@ impl Proxy {
                 req.method,
                 rsip::Method::Invite | rsip::Method::Subscribe | rsip::Method::Refer
             );
+        if initial && req.method == rsip::Method::Invite {
+            self.call_started(now, &req, &source, &targets);
+        }
         let loop_part = self.loop_hash(&req);
         let mut fwd = Forward {
             source,
@@ -1097,6 +1157,7 @@ impl Proxy {
             } else {
                 (430, "Flow Failed")
             };
+            self.call_failed(now, call_id_of(&req.headers), code);
             self.reply(now, key, &req, code, Some(reason));
             return;
         }
@@ -1508,8 +1569,8 @@ impl Proxy {
                         && header_tag(&resp.headers, |h| matches!(h, rsip::Header::To(_))).is_some()
                     {
                         let call_id = call_id_of(&resp.headers);
-                        if self.early.insert(call_id.clone()) {
-                            self.dialog_event(call_id, dialog::DialogEventKind::Early);
+                        if self.started.contains(&call_id) && self.early.insert(call_id.clone()) {
+                            self.dialog_event(now, call_id, dialog::DialogEventKind::Early);
                         }
                     }
                 }
@@ -1525,8 +1586,17 @@ impl Proxy {
                     if initial {
                         let call_id = call_id_of(&resp.headers);
                         self.early.remove(&call_id);
-                        if self.dialogs.get(&call_id).is_none() {
-                            self.dialog_event(call_id, dialog::DialogEventKind::Confirmed);
+                        if self.started.remove(&call_id) {
+                            let destination = fwd
+                                .branches
+                                .get(idx)
+                                .map(|b| dialog::describe_destination(b.dest, &b.request.uri))
+                                .unwrap_or_default();
+                            self.dialog_event(
+                                now,
+                                call_id,
+                                dialog::DialogEventKind::Confirmed { destination },
+                            );
                         }
                         self.record_dialog(skey, idx, &resp);
                         if let Some(max) = self.max_call_duration
@@ -1559,9 +1629,9 @@ impl Proxy {
         let initial_invite = fwd.method == rsip::Method::Invite
             && tag_of_header(&fwd.request, |h| matches!(h, rsip::Header::To(_))).is_none();
         let call_id = call_id_of(&fwd.request.headers);
-        if initial_invite && self.early.remove(&call_id) {
+        if initial_invite {
             let status = best.status_code.code();
-            self.dialog_event(call_id.clone(), dialog::DialogEventKind::Failed { status });
+            self.call_failed(now, call_id.clone(), status);
         }
         if self.media && initial_invite {
             self.tasks.push_back(Task::Media(MediaTask::Terminate {
@@ -1663,6 +1733,13 @@ impl Proxy {
                 Output::Terminated(TransactionKey::Server(sk)) => {
                     self.parked.remove(&sk);
                     if let Some(fwd) = self.forwards.remove(&sk) {
+                        if !fwd.final_sent && fwd.method == rsip::Method::Invite {
+                            // Gone without a final response (its transport
+                            // failed): nothing more will come for this call.
+                            let call_id = call_id_of(&fwd.request.headers);
+                            self.started.remove(&call_id);
+                            self.early.remove(&call_id);
+                        }
                         for b in fwd.branches {
                             if let Some(k) = b.key {
                                 self.owners.remove(&k);
@@ -1776,6 +1853,26 @@ pub(crate) fn call_id_of(headers: &rsip::Headers) -> String {
             rsip::Header::CallId(c) => Some(c.value().trim().to_owned()),
             _ => None,
         })
+        .unwrap_or_default()
+}
+
+/// `user@host` (or `host`) of a URI, as call records name parties.
+fn party(f: &route::UriFacts) -> String {
+    match &f.user {
+        Some(u) => format!("{u}@{}", f.host),
+        None => f.host.clone(),
+    }
+}
+
+/// The caller as the From header names it (empty when it cannot be parsed).
+fn from_party(req: &rsip::Request) -> String {
+    req.headers
+        .iter()
+        .find_map(|h| match h {
+            rsip::Header::From(f) => route::uri_facts(route::uri_of(f.value())),
+            _ => None,
+        })
+        .map(|f| party(&f))
         .unwrap_or_default()
 }
 

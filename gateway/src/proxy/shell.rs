@@ -35,6 +35,8 @@ pub struct Services {
     pub udp_algorithms: Vec<crate::auth::Algorithm>,
     /// rtpengine, when media is bridged.
     pub media: Option<Media>,
+    /// Call records, when accounting is on.
+    pub accounting: Option<crate::accounting::Accounting>,
 }
 
 fn ctx(m: &MediaMsg) -> SdpContext<'_> {
@@ -281,10 +283,12 @@ async fn run(
                 }
             });
         }
-        // Accounting and metrics (operations issue) consume these; for now
-        // they are logged.
+        let accounting = services.as_ref().and_then(|s| s.accounting.as_ref());
         while let Some(ev) = proxy.poll_dialog_event() {
             tracing::debug!(call_id = %ev.call_id, kind = ?ev.kind, "dialog");
+            if let Some(a) = accounting {
+                a.dialog_event(&ev);
+            }
         }
         while let Some(send) = proxy.poll_send() {
             if let Err(e) = transports.send(send.dest, send.data) {

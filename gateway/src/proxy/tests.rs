@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::dialog::DialogEventKind;
+use super::dialog::{CallStart, DialogEventKind, Direction, EndCause};
 use super::route::Local;
 use super::routing::StaticRouter;
 use super::*;
@@ -108,6 +108,16 @@ fn dialog_goes_early_confirmed_terminated() {
     let fwd = sent_to(&mut p, PBX);
     assert_eq!(fwd.len(), 1, "INVITE forwarded once");
     assert_eq!(
+        events(&mut p),
+        vec![DialogEventKind::Started(CallStart {
+            caller: "2000@localhost".into(),
+            caller_tag: "ft".into(),
+            callee: "1001@localhost".into(),
+            direction: Some(Direction::PbxToPbx),
+            destinations: vec![format!("udp:{PBX}")],
+        })]
+    );
+    assert_eq!(
         fwd[0].matches("Record-Route:").count(),
         2,
         "double Record-Route"
@@ -115,7 +125,12 @@ fn dialog_goes_early_confirmed_terminated() {
     feed(&mut p, now, PBX, &answer(&fwd[0], "180 Ringing"));
     assert_eq!(events(&mut p), vec![DialogEventKind::Early]);
     feed(&mut p, now, PBX, &answer(&fwd[0], "200 OK"));
-    assert_eq!(events(&mut p), vec![DialogEventKind::Confirmed]);
+    assert_eq!(
+        events(&mut p),
+        vec![DialogEventKind::Confirmed {
+            destination: format!("udp:{PBX}")
+        }]
+    );
     assert_eq!(p.dialogs(), 1);
     let up = sent_to(&mut p, CALLER);
     assert!(up.iter().any(|m| m.starts_with("SIP/2.0 200 OK")), "{up:?}");
@@ -127,7 +142,7 @@ fn dialog_goes_early_confirmed_terminated() {
     assert_eq!(
         events(&mut p),
         vec![DialogEventKind::Terminated {
-            reason: "bye".into()
+            reason: EndCause::ByeFromCaller
         }]
     );
     assert_eq!(p.dialogs(), 0);
@@ -140,6 +155,7 @@ fn early_dialog_that_fails_reports_the_status() {
     let now = Instant::now();
     feed(&mut p, now, CALLER, INVITE);
     let fwd = sent_to(&mut p, PBX);
+    let _ = events(&mut p);
     feed(&mut p, now, PBX, &answer(&fwd[0], "180 Ringing"));
     feed(&mut p, now, PBX, &answer(&fwd[0], "486 Busy Here"));
     assert_eq!(
@@ -174,6 +190,15 @@ fn unanswered_branch_times_out_with_408_on_a_virtual_clock() {
     assert!(now >= t0 + std::time::Duration::from_secs(32));
     let up = sent_to(&mut p, CALLER);
     assert!(up.iter().any(|m| m.starts_with("SIP/2.0 408 ")), "{up:?}");
+    // No early dialog, yet the call still ends with a failure event.
+    let ev: Vec<_> = std::iter::from_fn(|| p.poll_dialog_event()).collect();
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert!(matches!(ev[0].kind, DialogEventKind::Started(_)));
+    assert_eq!(ev[1].kind, DialogEventKind::Failed { status: 408 });
+    assert!(
+        ev[1].at >= t0 + std::time::Duration::from_secs(32),
+        "at the timeout"
+    );
 }
 
 #[test]
@@ -194,7 +219,7 @@ fn calls_are_hung_up_at_the_maximum_duration() {
     assert_eq!(
         events(&mut p),
         vec![DialogEventKind::Terminated {
-            reason: "Maximum call duration".into()
+            reason: EndCause::MaxDuration
         }]
     );
     let mut byes = Vec::new();
@@ -216,4 +241,69 @@ fn calls_are_hung_up_at_the_maximum_duration() {
                 && t.contains("To: <sip:2000@localhost>;tag=ft"))
     );
     assert_eq!(p.dialogs(), 0);
+}
+
+#[test]
+fn call_rejected_by_routing_starts_and_fails() {
+    let mut p = proxy();
+    let now = Instant::now();
+    // No route for 5xxx: 404 from routing, never forwarded.
+    feed(
+        &mut p,
+        now,
+        CALLER,
+        &INVITE.replace("sip:1001@localhost SIP", "sip:5001@localhost SIP"),
+    );
+    assert!(
+        sent_to(&mut p, CALLER)
+            .iter()
+            .any(|m| m.starts_with("SIP/2.0 404"))
+    );
+    assert_eq!(
+        events(&mut p),
+        vec![
+            DialogEventKind::Started(CallStart {
+                caller: "2000@localhost".into(),
+                caller_tag: "ft".into(),
+                callee: "5001@localhost".into(),
+                direction: None,
+                destinations: vec![],
+            }),
+            DialogEventKind::Failed { status: 404 },
+        ]
+    );
+    // Other methods are not calls.
+    feed(
+        &mut p,
+        now,
+        CALLER,
+        &INVITE
+            .replace(
+                "INVITE sip:1001@localhost SIP",
+                "MESSAGE sip:5001@localhost SIP",
+            )
+            .replace("1 INVITE", "1 MESSAGE")
+            .replace("d1@test", "m1@test"),
+    );
+    assert!(events(&mut p).is_empty());
+}
+
+#[test]
+fn bye_from_the_callee_is_told_apart() {
+    let mut p = proxy();
+    let now = Instant::now();
+    feed(&mut p, now, CALLER, INVITE);
+    let fwd = sent_to(&mut p, PBX);
+    feed(&mut p, now, PBX, &answer(&fwd[0], "200 OK"));
+    let _ = events(&mut p);
+    let bye = format!(
+        "BYE sip:2000@{CALLER} SIP/2.0\r\nVia: SIP/2.0/UDP {PBX};branch=z9hG4bKpb1\r\nMax-Forwards: 70\r\nFrom: <sip:1001@localhost>;tag=pbx\r\nTo: <sip:2000@localhost>;tag=ft\r\nCall-ID: d1@test\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    feed(&mut p, now, PBX, &bye);
+    assert_eq!(
+        events(&mut p),
+        vec![DialogEventKind::Terminated {
+            reason: EndCause::ByeFromCallee
+        }]
+    );
 }

@@ -1,48 +1,91 @@
-//! Call record operations (filled by the proxy in later issues).
+//! Call record operations: accounting writes finished calls (in batches),
+//! `rtcgate cdr list` reads them.
 
 use super::{Backend, CallRecord, CallRecordUpdate, NewCallRecord, Store, StoreError, with_sql};
+
+const INSERT_QM: &str = "INSERT INTO call_records (call_id, caller, callee, destination, started_at_ms, answered_at_ms, ended_at_ms, disposition, media_stats, direction, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const INSERT_PG: &str = "INSERT INTO call_records (call_id, caller, callee, destination, started_at_ms, answered_at_ms, ended_at_ms, disposition, media_stats, direction, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+const INSERT_PG_RETURNING: &str = "INSERT INTO call_records (call_id, caller, callee, destination, started_at_ms, answered_at_ms, ended_at_ms, disposition, media_stats, direction, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id";
+
+/// Binds the fields of `r` in the order of the INSERT statements.
+macro_rules! bind_record {
+    ($q:expr, $r:expr) => {
+        $q.bind(&$r.call_id)
+            .bind(&$r.caller)
+            .bind(&$r.callee)
+            .bind(&$r.destination)
+            .bind($r.started_at_ms)
+            .bind($r.answered_at_ms)
+            .bind($r.ended_at_ms)
+            .bind($r.disposition)
+            .bind(&$r.media_stats)
+            .bind(&$r.direction)
+            .bind(&$r.reason)
+    };
+}
 
 impl Store {
     /// Inserts a call record; returns its id.
     pub async fn insert_call_record(&self, r: &NewCallRecord) -> Result<i64, StoreError> {
-        const COLS_QM: &str = "INSERT INTO call_records (call_id, caller, callee, destination, started_at_ms) VALUES (?, ?, ?, ?, ?)";
         Ok(match &self.backend {
-            Backend::Sqlite(pool) => {
-                sqlx::query(COLS_QM)
-                    .bind(&r.call_id)
-                    .bind(&r.caller)
-                    .bind(&r.callee)
-                    .bind(&r.destination)
-                    .bind(r.started_at_ms)
-                    .execute(pool)
-                    .await?
-                    .last_insert_rowid()
-            }
+            Backend::Sqlite(pool) => bind_record!(sqlx::query(INSERT_QM), r)
+                .execute(pool)
+                .await?
+                .last_insert_rowid(),
             Backend::MySql(pool) => {
-                let id = sqlx::query(COLS_QM)
-                    .bind(&r.call_id)
-                    .bind(&r.caller)
-                    .bind(&r.callee)
-                    .bind(&r.destination)
-                    .bind(r.started_at_ms)
+                let id = bind_record!(sqlx::query(INSERT_QM), r)
                     .execute(pool)
                     .await?
                     .last_insert_id();
                 i64::try_from(id).unwrap_or(i64::MAX)
             }
             Backend::Postgres(pool) => {
-                sqlx::query_scalar::<_, i64>(
-                    "INSERT INTO call_records (call_id, caller, callee, destination, started_at_ms) VALUES ($1, $2, $3, $4, $5) RETURNING id",
-                )
-                .bind(&r.call_id)
-                .bind(&r.caller)
-                .bind(&r.callee)
-                .bind(&r.destination)
-                .bind(r.started_at_ms)
-                .fetch_one(pool)
-                .await?
+                bind_record!(sqlx::query_scalar::<_, i64>(INSERT_PG_RETURNING), r)
+                    .fetch_one(pool)
+                    .await?
             }
         })
+    }
+
+    /// Inserts many call records in one transaction (all or none); returns how many.
+    pub async fn insert_call_records(&self, records: &[NewCallRecord]) -> Result<u64, StoreError> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let mut n = 0;
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                for r in records {
+                    n += bind_record!(sqlx::query(INSERT_QM), r)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                tx.commit().await?;
+            }
+            Backend::MySql(pool) => {
+                let mut tx = pool.begin().await?;
+                for r in records {
+                    n += bind_record!(sqlx::query(INSERT_QM), r)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                tx.commit().await?;
+            }
+            Backend::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                for r in records {
+                    n += bind_record!(sqlx::query(INSERT_PG), r)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(n)
     }
 
     /// Updates the given fields of a call record; returns whether it exists.
@@ -81,9 +124,9 @@ impl Store {
         Ok(with_sql!(
             self,
             [
-                "SELECT id, call_id, caller, callee, destination, started_at_ms, answered_at_ms, ended_at_ms, disposition, media_stats FROM call_records WHERE id = ?",
-                "SELECT id, call_id, caller, callee, destination, started_at_ms, answered_at_ms, ended_at_ms, disposition, media_stats FROM call_records WHERE id = ?",
-                "SELECT id, call_id, caller, callee, destination, started_at_ms, answered_at_ms, ended_at_ms, disposition, media_stats FROM call_records WHERE id = $1"
+                "SELECT id, call_id, caller, callee, destination, started_at_ms, answered_at_ms, ended_at_ms, disposition, media_stats, direction, reason FROM call_records WHERE id = ?",
+                "SELECT id, call_id, caller, callee, destination, started_at_ms, answered_at_ms, ended_at_ms, disposition, media_stats, direction, reason FROM call_records WHERE id = ?",
+                "SELECT id, call_id, caller, callee, destination, started_at_ms, answered_at_ms, ended_at_ms, disposition, media_stats, direction, reason FROM call_records WHERE id = $1"
             ],
             |pool, sql| sqlx::query_as::<_, CallRecord>(sql)
                 .bind(id)
@@ -102,9 +145,9 @@ impl Store {
         Ok(with_sql!(
             self,
             [
-                "SELECT id, call_id, caller, callee, destination, started_at_ms, answered_at_ms, ended_at_ms, disposition, media_stats FROM call_records WHERE id < ? ORDER BY id DESC LIMIT ?",
-                "SELECT id, call_id, caller, callee, destination, started_at_ms, answered_at_ms, ended_at_ms, disposition, media_stats FROM call_records WHERE id < ? ORDER BY id DESC LIMIT ?",
-                "SELECT id, call_id, caller, callee, destination, started_at_ms, answered_at_ms, ended_at_ms, disposition, media_stats FROM call_records WHERE id < $1 ORDER BY id DESC LIMIT $2"
+                "SELECT id, call_id, caller, callee, destination, started_at_ms, answered_at_ms, ended_at_ms, disposition, media_stats, direction, reason FROM call_records WHERE id < ? ORDER BY id DESC LIMIT ?",
+                "SELECT id, call_id, caller, callee, destination, started_at_ms, answered_at_ms, ended_at_ms, disposition, media_stats, direction, reason FROM call_records WHERE id < ? ORDER BY id DESC LIMIT ?",
+                "SELECT id, call_id, caller, callee, destination, started_at_ms, answered_at_ms, ended_at_ms, disposition, media_stats, direction, reason FROM call_records WHERE id < $1 ORDER BY id DESC LIMIT $2"
             ],
             |pool, sql| sqlx::query_as::<_, CallRecord>(sql)
                 .bind(before)

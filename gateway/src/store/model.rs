@@ -160,11 +160,11 @@ pub struct CallRecord {
     pub id: i64,
     /// SIP Call-ID.
     pub call_id: String,
-    /// Caller URI.
+    /// Caller (`user@host` of the From URI).
     pub caller: String,
-    /// Callee URI.
+    /// Callee (`user@host` of the Request-URI).
     pub callee: String,
-    /// Where the call was sent (PBX or flow).
+    /// Where the call was sent (`udp:ip:port` of a PBX, or a browser's contact).
     pub destination: Option<String>,
     /// Unix milliseconds when the INVITE arrived.
     pub started_at_ms: i64,
@@ -172,25 +172,53 @@ pub struct CallRecord {
     pub answered_at_ms: Option<i64>,
     /// Unix milliseconds of BYE/CANCEL/final failure.
     pub ended_at_ms: Option<i64>,
-    /// Final status code.
+    /// Final status code (200 answered, 486 busy, 487 cancelled, 408/5xx failed...).
     pub disposition: Option<i64>,
     /// Media statistics as JSON text.
     pub media_stats: Option<String>,
+    /// `browser_to_pbx`, `pbx_to_browser`, `browser_to_browser` or `pbx_to_pbx`.
+    pub direction: Option<String>,
+    /// Why it ended: `bye_caller`, `bye_callee`, `ws_drop`, `max_duration`,
+    /// `admin_hangup`, `cancelled`, `busy`, `timeout`, `rejected`, `failed`...
+    pub reason: Option<String>,
 }
 
-/// Fields of a new call record.
+impl CallRecord {
+    /// Talk time in milliseconds (answer to end), for answered and ended calls.
+    pub fn duration_ms(&self) -> Option<i64> {
+        Some(
+            self.ended_at_ms?
+                .saturating_sub(self.answered_at_ms?)
+                .max(0),
+        )
+    }
+}
+
+/// Fields of a new call record (accounting writes finished calls in one go).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NewCallRecord {
     /// SIP Call-ID.
     pub call_id: String,
-    /// Caller URI.
+    /// Caller.
     pub caller: String,
-    /// Callee URI.
+    /// Callee.
     pub callee: String,
-    /// Destination, if known yet.
+    /// Destination, if known.
     pub destination: Option<String>,
     /// Unix milliseconds when the call started.
     pub started_at_ms: i64,
+    /// Answer time, unix milliseconds.
+    pub answered_at_ms: Option<i64>,
+    /// End time, unix milliseconds.
+    pub ended_at_ms: Option<i64>,
+    /// Final status code.
+    pub disposition: Option<i64>,
+    /// Media statistics JSON.
+    pub media_stats: Option<String>,
+    /// Direction label (see [`CallRecord::direction`]).
+    pub direction: Option<String>,
+    /// End reason label (see [`CallRecord::reason`]).
+    pub reason: Option<String>,
 }
 
 /// Changes to a call record; `None` leaves a field untouched.

@@ -211,12 +211,18 @@ impl SippRun {
     /// `args`; `None` when sipp is not installed (the caller decides with
     /// [`require`]). Always bounded by `-timeout 25s -timeout_error`.
     pub fn spawn(scenario: &str, args: &[&str]) -> Option<Self> {
-        let sipp = which("sipp")?;
-        let work = tempfile::tempdir().unwrap();
-        let port = pick_udp_port();
         let scenario = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/sipp")
             .join(scenario);
+        Self::spawn_file(&scenario, args)
+    }
+
+    /// Like [`SippRun::spawn`] with a scenario file anywhere (e.g.
+    /// [`loadtest_scenario`]).
+    pub fn spawn_file(scenario: &Path, args: &[&str]) -> Option<Self> {
+        let sipp = which("sipp")?;
+        let work = tempfile::tempdir().unwrap();
+        let port = pick_udp_port();
         let child = tokio::process::Command::new(sipp)
             .current_dir(work.path())
             .arg("-sf")
@@ -277,6 +283,13 @@ impl SippRun {
             }
         }
     }
+}
+
+/// A scenario of `loadtest/scenarios/`.
+pub fn loadtest_scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../loadtest/scenarios")
+        .join(name)
 }
 
 /// Header values of a SIP message in text form, by full or compact name,

@@ -1,0 +1,234 @@
+//! Accounting: one call record per call, written to the `call_records` table.
+//!
+//! The proxy's [`DialogEvent`]s (who calls whom, answer, end) and rtpengine's
+//! delete statistics ([`DeletedCall`]) go through bounded channels to a
+//! collector task (the sans-IO [`Collector`] in a thin shell), which hands
+//! finished records through another bounded channel to a writer task that
+//! inserts them in batches. Nothing here ever makes call handling wait: a
+//! full channel or a failing database loses records, counts them
+//! ([`AccountingStats`]) and logs a warning.
+
+pub mod collector;
+
+pub use collector::{
+    Clock, Collector, CollectorConfig, CollectorStats, failure_reason, media_json,
+};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::media::DeletedCall;
+use crate::proxy::dialog::DialogEvent;
+use crate::store::{NewCallRecord, Store};
+
+/// Sizes and timing of accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountingConfig {
+    /// Capacity of each channel (events in, statistics in, records out).
+    pub queue: usize,
+    /// Records per insert transaction, at most.
+    pub batch: usize,
+    /// How long an ended call waits for rtpengine's statistics (zero without rtpengine).
+    pub media_wait: Duration,
+    /// A call never seen to end is written as `lost` after this long.
+    pub max_age: Duration,
+}
+
+impl Default for AccountingConfig {
+    fn default() -> Self {
+        Self {
+            queue: 10_000,
+            batch: 100,
+            media_wait: Duration::ZERO,
+            max_age: Duration::from_secs(5 * 3600),
+        }
+    }
+}
+
+/// What accounting did, and what it lost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AccountingStats {
+    /// Records in the database.
+    pub written: u64,
+    /// Records lost because the writer's queue was full (database slow or down).
+    pub dropped_queue_full: u64,
+    /// Records lost because their insert failed.
+    pub dropped_db_error: u64,
+    /// Dialog events lost because the collector's queue was full.
+    pub events_dropped: u64,
+    /// Calls followed now.
+    pub open_calls: u64,
+    /// Calls not recorded: too many followed at once.
+    pub not_followed: u64,
+    /// Calls written as `lost` (their end was never seen).
+    pub lost: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    written: AtomicU64,
+    dropped_queue_full: AtomicU64,
+    dropped_db_error: AtomicU64,
+    events_dropped: AtomicU64,
+    open_calls: AtomicU64,
+    not_followed: AtomicU64,
+    lost: AtomicU64,
+}
+
+/// Log the first loss and then every thousandth, not every one.
+fn worth_a_warning(count: u64) -> bool {
+    count == 1 || count.is_multiple_of(1000)
+}
+
+/// The accounting service. Cheap to clone; the tasks stop when every clone is gone.
+#[derive(Debug, Clone)]
+pub struct Accounting {
+    events: mpsc::Sender<(DialogEvent, Clock)>,
+    media: mpsc::Sender<DeletedCall>,
+    counters: Arc<Counters>,
+}
+
+impl Accounting {
+    /// Starts the collector and writer tasks (needs a tokio runtime).
+    pub fn start(store: Store, config: AccountingConfig) -> Self {
+        let queue = config.queue.max(1);
+        let (events_tx, events_rx) = mpsc::channel(queue);
+        let (media_tx, media_rx) = mpsc::channel(queue);
+        let (records_tx, records_rx) = mpsc::channel(queue);
+        let counters = Arc::new(Counters::default());
+        let collector = Collector::new(CollectorConfig {
+            media_wait: config.media_wait,
+            max_age: config.max_age,
+            ..CollectorConfig::default()
+        });
+        tokio::spawn(collect(
+            collector,
+            events_rx,
+            media_rx,
+            records_tx,
+            counters.clone(),
+        ));
+        tokio::spawn(write(
+            store,
+            records_rx,
+            config.batch.max(1),
+            counters.clone(),
+        ));
+        Self {
+            events: events_tx,
+            media: media_tx,
+            counters,
+        }
+    }
+
+    /// Takes a dialog event (never waits; a full queue loses it).
+    pub fn dialog_event(&self, ev: &DialogEvent) {
+        if self.events.try_send((ev.clone(), Clock::now())).is_err() {
+            let n = self.counters.events_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if worth_a_warning(n) {
+                tracing::warn!(
+                    dropped = n,
+                    "accounting: event queue full; call records lost"
+                );
+            }
+        }
+    }
+
+    /// Where the media service sends the statistics of deleted calls
+    /// ([`crate::media::Media::report_deleted_calls`]).
+    pub fn media_sink(&self) -> mpsc::Sender<DeletedCall> {
+        self.media.clone()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> AccountingStats {
+        let c = &self.counters;
+        AccountingStats {
+            written: c.written.load(Ordering::Relaxed),
+            dropped_queue_full: c.dropped_queue_full.load(Ordering::Relaxed),
+            dropped_db_error: c.dropped_db_error.load(Ordering::Relaxed),
+            events_dropped: c.events_dropped.load(Ordering::Relaxed),
+            open_calls: c.open_calls.load(Ordering::Relaxed),
+            not_followed: c.not_followed.load(Ordering::Relaxed),
+            lost: c.lost.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The collector's shell: feeds it, wakes it for its deadlines, queues what it finishes.
+async fn collect(
+    mut collector: Collector,
+    mut events: mpsc::Receiver<(DialogEvent, Clock)>,
+    mut media: mpsc::Receiver<DeletedCall>,
+    records: mpsc::Sender<NewCallRecord>,
+    counters: Arc<Counters>,
+) {
+    loop {
+        let deadline = collector.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            ev = events.recv() => {
+                let Some((ev, clock)) = ev else { break };
+                collector.handle_event(clock, ev);
+            }
+            Some(deleted) = media.recv() => {
+                collector.handle_media(&deleted.call_id, &deleted.stats);
+            }
+            _ = sleep_until(deadline) => {
+                collector.handle_timeout(std::time::Instant::now());
+            }
+        }
+        while let Some(r) = collector.poll_record() {
+            if let Err(e) = records.try_send(r) {
+                let n = counters.dropped_queue_full.fetch_add(1, Ordering::Relaxed) + 1;
+                if worth_a_warning(n) {
+                    let call_id = match &e {
+                        mpsc::error::TrySendError::Full(r)
+                        | mpsc::error::TrySendError::Closed(r) => r.call_id.clone(),
+                    };
+                    tracing::warn!(%call_id, dropped = n, "accounting: database writer behind; call record lost");
+                }
+            }
+        }
+        let s = collector.stats();
+        counters
+            .open_calls
+            .store(collector.open_calls() as u64, Ordering::Relaxed);
+        counters
+            .not_followed
+            .store(s.not_followed, Ordering::Relaxed);
+        counters.lost.store(s.lost, Ordering::Relaxed);
+    }
+}
+
+/// The writer: batches of whatever is queued, one transaction each.
+async fn write(
+    store: Store,
+    mut records: mpsc::Receiver<NewCallRecord>,
+    batch: usize,
+    counters: Arc<Counters>,
+) {
+    let mut buf = Vec::with_capacity(batch);
+    while records.recv_many(&mut buf, batch).await > 0 {
+        match store.insert_call_records(&buf).await {
+            Ok(n) => {
+                counters.written.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let lost = buf.len() as u64;
+                let n = counters.dropped_db_error.fetch_add(lost, Ordering::Relaxed) + lost;
+                tracing::warn!(error = %e, lost, dropped = n, "accounting: call records not written");
+            }
+        }
+        buf.clear();
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
