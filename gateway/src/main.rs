@@ -409,6 +409,11 @@ async fn run(config: Config, web_root: Option<PathBuf>) -> ExitCode {
         }
     }
     tracing::info!("shutting down");
+    if let Some(a) = &app.accounting
+        && !a.flush(std::time::Duration::from_secs(5)).await
+    {
+        tracing::warn!("call records of ended calls not all written before exit");
+    }
     app.shutdown();
     ExitCode::SUCCESS
 }

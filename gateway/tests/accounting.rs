@@ -396,3 +396,30 @@ async fn full_queue_drops_events_instead_of_waiting() {
     }
     assert_eq!(acct.stats().events_dropped, 8);
 }
+
+#[tokio::test]
+async fn flush_writes_ended_calls_without_waiting_for_media() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}/a.db?mode=rwc", dir.path().display()))
+        .await
+        .unwrap();
+    let acct = Accounting::start(
+        store.clone(),
+        AccountingConfig {
+            media_wait: Duration::from_secs(3600),
+            ..AccountingConfig::default()
+        },
+    );
+    acct.dialog_event(&started("ended"));
+    acct.dialog_event(&failed("ended"));
+    acct.dialog_event(&started("still-ringing"));
+    assert!(acct.flush(Duration::from_secs(10)).await, "flush in time");
+    let rows = store.list_call_records(10, None).await.unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.call_id.as_str()).collect::<Vec<_>>(),
+        vec!["ended"]
+    );
+    assert_eq!(rows[0].reason.as_deref(), Some("busy"));
+    let s = acct.stats();
+    assert_eq!((s.written, s.open_calls), (1, 1), "{s:?}");
+}

@@ -249,6 +249,20 @@ impl Collector {
         }
     }
 
+    /// Writes every ended call now, without waiting for media statistics
+    /// (shutdown); calls still in progress stay.
+    pub fn flush_ended(&mut self) {
+        while let Some((_, call_id, generation)) = self.waiting.pop_front() {
+            if self
+                .open
+                .get(&call_id)
+                .is_some_and(|o| o.generation == generation)
+            {
+                self.finish(&call_id);
+            }
+        }
+    }
+
     /// The next finished record.
     pub fn poll_record(&mut self) -> Option<NewCallRecord> {
         self.ready.pop_front()
@@ -595,6 +609,21 @@ mod tests {
         assert_eq!(r.disposition, Some(486));
         c.handle_media("c1", &stats());
         assert_eq!(c.stats().unmatched_media, 1);
+
+        // Shutdown: ended calls go now, calls in progress stay.
+        let mut c = Collector::new(cfg);
+        c.handle_event(clock(t0, s(0)), ev(t0, DialogEventKind::Started(start())));
+        c.handle_event(
+            clock(t0, s(1)),
+            ev(t0 + s(1), DialogEventKind::Failed { status: 486 }),
+        );
+        let mut live = ev(t0, DialogEventKind::Started(start()));
+        live.call_id = "c2".into();
+        c.handle_event(clock(t0, s(1)), live);
+        c.flush_ended();
+        assert_eq!(c.poll_record().map(|r| r.call_id), Some("c1".to_string()));
+        assert!(c.poll_record().is_none());
+        assert_eq!(c.open_calls(), 1);
     }
 
     #[test]

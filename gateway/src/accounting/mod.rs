@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::media::DeletedCall;
 use crate::proxy::dialog::DialogEvent;
@@ -83,10 +83,26 @@ fn worth_a_warning(count: u64) -> bool {
     count == 1 || count.is_multiple_of(1000)
 }
 
+/// What the collector task takes in.
+#[derive(Debug)]
+enum Input {
+    Event(DialogEvent, Clock),
+    Flush(oneshot::Sender<()>),
+}
+
+/// What the writer task takes in.
+// Nearly every item is a record: boxing them would allocate for nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Output {
+    Record(NewCallRecord),
+    Flush(oneshot::Sender<()>),
+}
+
 /// The accounting service. Cheap to clone; the tasks stop when every clone is gone.
 #[derive(Debug, Clone)]
 pub struct Accounting {
-    events: mpsc::Sender<(DialogEvent, Clock)>,
+    events: mpsc::Sender<Input>,
     media: mpsc::Sender<DeletedCall>,
     counters: Arc<Counters>,
 }
@@ -126,7 +142,11 @@ impl Accounting {
 
     /// Takes a dialog event (never waits; a full queue loses it).
     pub fn dialog_event(&self, ev: &DialogEvent) {
-        if self.events.try_send((ev.clone(), Clock::now())).is_err() {
+        if self
+            .events
+            .try_send(Input::Event(ev.clone(), Clock::now()))
+            .is_err()
+        {
             let n = self.counters.events_dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if worth_a_warning(n) {
                 tracing::warn!(
@@ -135,6 +155,18 @@ impl Accounting {
                 );
             }
         }
+    }
+
+    /// Writes every ended call now (without waiting longer for media
+    /// statistics) and waits, at most `within`, until the database has them;
+    /// for a graceful shutdown. Returns whether it finished in time.
+    pub async fn flush(&self, within: Duration) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let done = async {
+            self.events.send(Input::Flush(tx)).await.ok()?;
+            rx.await.ok()
+        };
+        matches!(tokio::time::timeout(within, done).await, Ok(Some(())))
     }
 
     /// Where the media service sends the statistics of deleted calls
@@ -161,18 +193,23 @@ impl Accounting {
 /// The collector's shell: feeds it, wakes it for its deadlines, queues what it finishes.
 async fn collect(
     mut collector: Collector,
-    mut events: mpsc::Receiver<(DialogEvent, Clock)>,
+    mut events: mpsc::Receiver<Input>,
     mut media: mpsc::Receiver<DeletedCall>,
-    records: mpsc::Sender<NewCallRecord>,
+    records: mpsc::Sender<Output>,
     counters: Arc<Counters>,
 ) {
     loop {
         let deadline = collector.poll_timeout().map(tokio::time::Instant::from_std);
+        let mut flush = None;
         tokio::select! {
-            ev = events.recv() => {
-                let Some((ev, clock)) = ev else { break };
-                collector.handle_event(clock, ev);
-            }
+            input = events.recv() => match input {
+                None => break,
+                Some(Input::Event(ev, clock)) => collector.handle_event(clock, ev),
+                Some(Input::Flush(done)) => {
+                    collector.flush_ended();
+                    flush = Some(done);
+                }
+            },
             Some(deleted) = media.recv() => {
                 collector.handle_media(&deleted.call_id, &deleted.stats);
             }
@@ -181,16 +218,17 @@ async fn collect(
             }
         }
         while let Some(r) = collector.poll_record() {
-            if let Err(e) = records.try_send(r) {
+            let call_id = r.call_id.clone();
+            if records.try_send(Output::Record(r)).is_err() {
                 let n = counters.dropped_queue_full.fetch_add(1, Ordering::Relaxed) + 1;
                 if worth_a_warning(n) {
-                    let call_id = match &e {
-                        mpsc::error::TrySendError::Full(r)
-                        | mpsc::error::TrySendError::Closed(r) => r.call_id.clone(),
-                    };
                     tracing::warn!(%call_id, dropped = n, "accounting: database writer behind; call record lost");
                 }
             }
+        }
+        if let Some(done) = flush {
+            // Queued behind the records above; only a flush (shutdown) waits here.
+            let _ = records.send(Output::Flush(done)).await;
         }
         let s = collector.stats();
         counters
@@ -206,24 +244,42 @@ async fn collect(
 /// The writer: batches of whatever is queued, one transaction each.
 async fn write(
     store: Store,
-    mut records: mpsc::Receiver<NewCallRecord>,
+    mut queue: mpsc::Receiver<Output>,
     batch: usize,
     counters: Arc<Counters>,
 ) {
-    let mut buf = Vec::with_capacity(batch);
-    while records.recv_many(&mut buf, batch).await > 0 {
-        match store.insert_call_records(&buf).await {
-            Ok(n) => {
-                counters.written.fetch_add(n, Ordering::Relaxed);
-            }
-            Err(e) => {
-                let lost = buf.len() as u64;
-                let n = counters.dropped_db_error.fetch_add(lost, Ordering::Relaxed) + lost;
-                tracing::warn!(error = %e, lost, dropped = n, "accounting: call records not written");
+    let mut taken = Vec::with_capacity(batch);
+    let mut records = Vec::with_capacity(batch);
+    while queue.recv_many(&mut taken, batch).await > 0 {
+        for item in taken.drain(..) {
+            match item {
+                Output::Record(r) => records.push(r),
+                Output::Flush(done) => {
+                    insert(&store, &mut records, &counters).await;
+                    let _ = done.send(());
+                }
             }
         }
-        buf.clear();
+        insert(&store, &mut records, &counters).await;
     }
+}
+
+/// One transaction for `records` (emptied); failures are counted and logged.
+async fn insert(store: &Store, records: &mut Vec<NewCallRecord>, counters: &Counters) {
+    if records.is_empty() {
+        return;
+    }
+    match store.insert_call_records(records).await {
+        Ok(n) => {
+            counters.written.fetch_add(n, Ordering::Relaxed);
+        }
+        Err(e) => {
+            let lost = records.len() as u64;
+            let n = counters.dropped_db_error.fetch_add(lost, Ordering::Relaxed) + lost;
+            tracing::warn!(error = %e, lost, dropped = n, "accounting: call records not written");
+        }
+    }
+    records.clear();
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

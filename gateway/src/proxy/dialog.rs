@@ -341,6 +341,27 @@ mod tests {
     }
 
     #[test]
+    fn labels_for_records() {
+        use Kind::{Udp, Ws, Wss};
+        assert_eq!(Direction::of(Wss, Udp).as_str(), "browser_to_pbx");
+        assert_eq!(Direction::of(Udp, Ws).as_str(), "pbx_to_browser");
+        assert_eq!(Direction::of(Ws, Wss).as_str(), "browser_to_browser");
+        assert_eq!(Direction::of(Udp, Udp).as_str(), "pbx_to_pbx");
+        assert_eq!(EndCause::ByeFromCaller.as_str(), "bye_caller");
+        assert_eq!(EndCause::AdminHangup.as_str(), "admin_hangup");
+        assert_eq!(EndCause::MaxDuration.text(), "Maximum call duration");
+        let uri = rsip::Uri::try_from("sip:u1@br.invalid").unwrap();
+        assert_eq!(
+            describe_destination(Destination::Flow(3), &uri),
+            "sip:u1@br.invalid"
+        );
+        assert_eq!(
+            describe_destination(Destination::Udp("192.0.2.1:5060".parse().unwrap()), &uri),
+            "udp:192.0.2.1:5060"
+        );
+    }
+
+    #[test]
     fn bounded() {
         let mut t = Dialogs::new(2);
         for i in 0..5 {
