@@ -148,6 +148,7 @@ fn main() -> ExitCode {
         Command::User { config, command } => admin(config, AdminCommand::User(command)),
         Command::Location { config, command } => admin(config, AdminCommand::Location(command)),
         Command::Run { config, web_root } => {
+            let config_path = config.clone();
             let config = match config {
                 Some(path) => match Config::load(&path) {
                     Ok(c) => c,
@@ -166,7 +167,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run(config, web_root))
+            runtime.block_on(run(config, config_path, web_root))
         }
     }
 }
@@ -285,8 +286,8 @@ fn init_tracing(default: &str) {
     tracing_subscriber::fmt().with_env_filter(filter).init();
 }
 
-async fn run(config: Config, web_root: Option<PathBuf>) -> ExitCode {
-    let app = match App::start(config, web_root).await {
+async fn run(config: Config, config_path: Option<PathBuf>, web_root: Option<PathBuf>) -> ExitCode {
+    let mut app = match App::start(config, web_root).await {
         Ok(a) => a,
         Err(e) => {
             tracing::error!("{e}");
@@ -294,6 +295,7 @@ async fn run(config: Config, web_root: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    app.config_path = config_path;
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -306,7 +308,10 @@ async fn run(config: Config, web_root: Option<PathBuf>) -> ExitCode {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
-            _ = hup.recv() => app.reload(),
+            _ = hup.recv() => match app.reload() {
+                Ok(report) => tracing::info!(?report, "reloaded"),
+                Err(e) => tracing::error!(error = %e, "reload refused; the running configuration stays"),
+            },
         }
     }
     tracing::info!("shutting down");
