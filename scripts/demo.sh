@@ -21,6 +21,7 @@ mkdir -p run
 HTTPS_PORT="${RTCGATE_DEMO_PORT:-8443}"
 SIP_PORT=5060
 PBX_PORT=5080
+BACKUP_PBX_PORT=5082
 NG_PORT=2223
 
 # The demo configuration (kept if you edit it).
@@ -49,10 +50,22 @@ trusted = ["127.0.0.1"]
 [rtpengine]
 instances = [{ address = "127.0.0.1:$NG_PORT", weight = 1 }]
 
-# Extensions 2xxx are on the demo PBX.
-[[routes]]
-prefix = "2"
-destination = "127.0.0.1:$PBX_PORT"
+# Extensions 2xxx are on the demo PBX "freepbx": a primary and a backup,
+# probed with OPTIONS; kill the primary and calls go to the backup.
+[[routing.sets]]
+name = "freepbx"
+algorithm = "priority"
+trusted_sources = ["127.0.0.1"]
+failover_timeout_ms = 3000
+destinations = [
+  { address = "127.0.0.1:$PBX_PORT", priority = 0 },
+  { address = "127.0.0.1:$BACKUP_PBX_PORT", priority = 1 },
+]
+
+[[routing.rules]]
+name = "demo-pbx"
+range = "2000-2999"
+set = "freepbx"
 TOML
 fi
 "$BIN" check-config run/rtcgate.toml >/dev/null
@@ -79,13 +92,18 @@ RTPENGINE_BIN="$(command -v rtpengine || echo /usr/bin/rtpengine)"
   >run/rtpengine.log 2>&1 &
 pids+=($!)
 
-# The demo PBX: answers every INVITE with plain RTP and echoes the audio.
+# The demo PBXes: answer every INVITE with plain RTP and echo the audio;
+# -aa answers the health probes (OPTIONS).
 (cd run && exec sipp -sf "$ROOT/loadtest/scenarios/pbx_uas.xml" -i 127.0.0.1 -p "$PBX_PORT" \
-  -mi 127.0.0.1 -rtp_echo -nostdin -trace_err > pbx.log 2>&1) &
+  -mi 127.0.0.1 -mp 6000 -rtp_echo -aa -nostdin -trace_err > pbx.log 2>&1) &
+pids+=($!)
+(cd run && exec sipp -sf "$ROOT/loadtest/scenarios/pbx_uas.xml" -i 127.0.0.1 -p "$BACKUP_PBX_PORT" \
+  -mi 127.0.0.1 -mp 6100 -rtp_echo -aa -nostdin -trace_err > pbx-backup.log 2>&1) &
 pids+=($!)
 
 "$BIN" run --config run/rtcgate.toml --web-root web-demo/dist &
-pids+=($!)
+RTCGATE_PID=$!
+pids+=($RTCGATE_PID)
 
 for _ in $(seq 1 50); do
   curl -sk "https://127.0.0.1:$HTTPS_PORT/healthz" >/dev/null 2>&1 && break
@@ -97,7 +115,8 @@ cat <<MSG
 
     Softphone page    https://localhost:$HTTPS_PORT/
     Users             1001 / demo1001,  1002 / demo1002,  1003 / demo1003
-    Call              2000 (the demo PBX: answers and echoes your voice)
+    Call              2000 (the demo PBX set: answers and echoes your voice;
+                      primary 127.0.0.1:$PBX_PORT, backup :$BACKUP_PBX_PORT)
                       1002 from 1001 (browser to browser)
     PBX calls you     sipp 127.0.0.1:$SIP_PORT -sf loadtest/scenarios/uac_call.xml -s 1001 \\
                         -i 127.0.0.1 -mi 127.0.0.1 -m 1 -d 10000 -rtp_echo -nostdin
@@ -107,4 +126,5 @@ cat <<MSG
   in your browser, or accept the warning once at https://localhost:$HTTPS_PORT/
 
 MSG
-wait -n "${pids[@]}"
+# Runs until rtcgate stops (a PBX may be killed to watch the failover).
+wait "$RTCGATE_PID"

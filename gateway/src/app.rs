@@ -7,7 +7,6 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::proxy::location::StoreLocation;
 use crate::proxy::route::Local;
-use crate::proxy::routing::StaticRouter;
 use crate::proxy::{Proxy, ProxyConfig, shell};
 use crate::server::{Server, StartError};
 use crate::tls::{self, TlsError, TlsSetup};
@@ -25,6 +24,9 @@ pub enum AppError {
     /// rtpengine client.
     #[error("rtpengine: {0}")]
     Media(crate::media::MediaError),
+    /// PBX routing.
+    #[error("routing: {0}")]
+    Routing(#[from] crate::routing::RoutingError),
     /// The database.
     #[error("database ({url}): {source}")]
     Store {
@@ -97,6 +99,34 @@ pub struct App {
     pub location: Arc<crate::store::LocationService>,
     /// Call records, when `[accounting]` is enabled.
     pub accounting: Option<crate::accounting::Accounting>,
+    /// PBX sets, rules and their health.
+    pub routing: crate::routing::RoutingService,
+    /// The file the configuration came from (what a reload re-reads).
+    pub config_path: Option<PathBuf>,
+}
+
+/// Why a reload was refused (the running configuration stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file is unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The routing part was refused.
+    #[error(transparent)]
+    Routing(#[from] crate::routing::RoutingConfigError),
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadReport {
+    /// Routing sets now configured (0 when the file was not re-read).
+    pub sets: usize,
+    /// Routing rules now configured.
+    pub rules: usize,
+    /// Whether the configuration file was re-read.
+    pub config_reread: bool,
+    /// The certificate outcome, or the error that kept the old one.
+    pub certificate: Option<String>,
 }
 
 impl App {
@@ -177,6 +207,22 @@ impl App {
                 domains: config.general.domains.clone(),
             },
         });
+        let probe_ip = config
+            .sip
+            .udp_listen
+            .first()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified())
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        let routing = crate::routing::RoutingService::start(
+            &config.effective_routing(),
+            crate::routing::ProbeOptions {
+                bind: std::net::SocketAddr::new(probe_ip, 0),
+                from_host: config.sip.advertised_host.clone(),
+            },
+        )
+        .await?;
+        let routing_handle = routing.handle();
         let mut trusted = config.auth.trusted_sources();
         trusted.extend(
             config
@@ -218,8 +264,8 @@ impl App {
                             .then(|| std::time::Duration::from_secs(cfg.sip.max_call_duration_s)),
                     },
                     local,
-                    Arc::new(StaticRouter::new(
-                        cfg.routes.clone(),
+                    Arc::new(crate::routing::RoutingRouter::new(
+                        routing_handle,
                         Some(Arc::new(StoreLocation::new(
                             router_location,
                             cfg.general.domains.clone(),
@@ -238,19 +284,38 @@ impl App {
             config,
             location,
             accounting,
+            routing,
+            config_path: None,
         })
     }
 
-    /// Re-reads what can change at run time (today: the certificate).
-    pub fn reload(&self) {
-        if let Some(t) = &self.tls {
-            match t.resolver.reload_now() {
-                Ok(outcome) => tracing::info!(?outcome, "certificate reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "certificate reload failed; keeping the old one")
-                }
-            }
+    /// Re-reads what can change at run time (SIGHUP, the admin API): the
+    /// routing from the configuration file (when there is one) and the
+    /// certificate. Other changed keys need a restart. On error nothing
+    /// changes.
+    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let mut report = ReloadReport::default();
+        if let Some(path) = &self.config_path {
+            let fresh = crate::config::Config::load(path)?;
+            let routing = fresh.effective_routing();
+            self.routing.handle().reload(&routing)?;
+            report.config_reread = true;
+            report.sets = fresh.routing.sets.len();
+            report.rules = fresh.routing.rules.len();
         }
+        if let Some(t) = &self.tls {
+            report.certificate = Some(match t.resolver.reload_now() {
+                Ok(outcome) => {
+                    tracing::info!(?outcome, "certificate reloaded");
+                    format!("{outcome:?}")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "certificate reload failed; keeping the old one");
+                    format!("error: {e}")
+                }
+            });
+        }
+        Ok(report)
     }
 
     /// Stops the listeners.

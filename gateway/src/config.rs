@@ -59,8 +59,11 @@ pub struct Config {
     /// TLS certificate for WSS and HTTPS.
     pub tls: Tls,
     /// Static routes for initial requests to users that are not registered
-    /// here, first match wins (`[[routes]]`).
+    /// here, first match wins (`[[routes]]`): a shorthand for a one-PBX set
+    /// and a prefix rule, tried after `[[routing.rules]]`.
     pub routes: Vec<StaticRoute>,
+    /// PBX destination sets, routing rules, failover and health checks.
+    pub routing: crate::routing::RoutingConfig,
     /// Where subscribers, registrations and call records live.
     pub database: Database,
     /// Digest authentication.
@@ -639,6 +642,47 @@ impl Config {
                 );
             }
         }
+        if let Err(e) = self.routing.validate() {
+            return Err((e.key, e.message));
+        }
+        let timer_b_ms = self.sip.t1_ms.saturating_mul(64);
+        for (i, set) in self.routing.sets.iter().enumerate() {
+            if set.failover_timeout_ms >= timer_b_ms {
+                return bad(
+                    &format!("routing.sets[{i}].failover_timeout_ms"),
+                    format!("must be shorter than timer B (64 × sip.t1_ms = {timer_b_ms} ms)"),
+                );
+            }
+            for (j, d) in set.destinations.iter().enumerate() {
+                if let Some(p) = &d.codec_policy
+                    && !self.rtpengine.has_codec_policy(p)
+                {
+                    return bad(
+                        &format!("routing.sets[{i}].destinations[{j}].codec_policy"),
+                        format!("no codec policy {p:?} under [rtpengine.codec_policies]"),
+                    );
+                }
+            }
+        }
+        if let Err(e) = self.effective_routing().validate() {
+            // Errors in the generated part name the `[[routes]]` entry.
+            let generated = |prefix: &str, configured: usize| {
+                let rest = e.key.strip_prefix(prefix)?;
+                let (n, tail) = rest.split_once(']')?;
+                let i = n.parse::<usize>().ok()?.checked_sub(configured)?;
+                let tail = tail.trim_start_matches('.');
+                let field = match tail {
+                    t if t.starts_with("destinations[0].address") => "destination",
+                    t if t.starts_with("prefix") || t.is_empty() => "prefix",
+                    t => t,
+                };
+                Some(format!("routes[{i}].{field}"))
+            };
+            let key = generated("routing.sets[", self.routing.sets.len())
+                .or_else(|| generated("routing.rules[", self.routing.rules.len()))
+                .unwrap_or(e.key);
+            return Err((key, e.message));
+        }
         if let Err(e) = self.rtpengine.validate() {
             return Err((format!("rtpengine.{}", e.key), e.message));
         }
@@ -656,6 +700,55 @@ impl Config {
             return bad("accounting.media_wait_ms", "must be at most 60000");
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// `[routing]` with the `[[routes]]` shorthand appended: each static
+    /// route becomes a one-destination set (no probing: always tried) and a
+    /// prefix rule after the configured rules.
+    pub fn effective_routing(&self) -> crate::routing::RoutingConfig {
+        use crate::routing::{DestinationConfig, ProbeConfig, RuleConfig, SetConfig};
+        let mut routing = self.routing.clone();
+        for (i, r) in self.routes.iter().enumerate() {
+            let name = format!("routes.{i}");
+            routing.sets.push(SetConfig {
+                name: name.clone(),
+                algorithm: Default::default(),
+                destinations: vec![DestinationConfig {
+                    address: r.destination,
+                    weight: 1,
+                    priority: 0,
+                    transport: Default::default(),
+                    codec_policy: r.codec_policy.clone(),
+                }],
+                trusted_sources: Vec::new(),
+                failover_timeout_ms: self
+                    .sip
+                    .t1_ms
+                    .saturating_mul(64)
+                    .saturating_sub(1)
+                    .min(8_000),
+                failover_codes: Vec::new(),
+                probe: ProbeConfig {
+                    interval_ms: 0,
+                    ..ProbeConfig::default()
+                },
+            });
+            let (prefix, default) = if r.prefix.is_empty() {
+                (None, true)
+            } else {
+                (Some(r.prefix.clone()), false)
+            };
+            routing.rules.push(RuleConfig {
+                name: Some(name.clone()),
+                prefix,
+                default,
+                set: Some(name),
+                ..RuleConfig::default()
+            });
+        }
+        routing
     }
 }
 
@@ -686,13 +779,28 @@ fn key_line(text: &str, dotted: &str) -> Option<usize> {
     let mut table = root.get_ref();
     let mut parts = dotted.split('.').peekable();
     while let Some(part) = parts.next() {
-        let (key, value) = table.get_key_value(part)?;
+        // `sets[1]` (an array of tables) or `destinations[0]` (an inline array).
+        let (name, index) = match part.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let (key, mut value) = table.get_key_value(name)?;
+        let mut at = key.span().start;
+        if let Some(i) = index
+            && let toml::de::DeValue::Array(items) = value.get_ref()
+        {
+            let Some(item) = items.get(i) else {
+                return Some(line_col(text, at).0);
+            };
+            value = item;
+            at = item.span().start;
+        }
         if parts.peek().is_none() {
-            return Some(line_col(text, key.span().start).0);
+            return Some(line_col(text, at).0);
         }
         match value.get_ref() {
             toml::de::DeValue::Table(t) => table = t,
-            _ => return Some(line_col(text, key.span().start).0),
+            _ => return Some(line_col(text, at).0),
         }
     }
     None
@@ -758,6 +866,53 @@ mod tests {
         let err = Config::parse("[accounting]\nbatch_size = 0\n", "a.toml").unwrap_err();
         assert!(err.to_string().contains("a.toml:2"), "{err}");
         assert!(Config::parse("[accounting]\nenable = true\n", "").is_err());
+    }
+
+    #[test]
+    fn routing_errors_name_the_key_and_line() {
+        let text = "[sip]\nt1_ms = 100\n\n[[routing.sets]]\nname = \"pbx\"\ndestinations = [\n  { address = \"127.0.0.1:5080\" },\n  { address = \"127.0.0.1:5082\", weight = 0 },\n]\n";
+        let msg = Config::parse(text, "r.toml").unwrap_err().to_string();
+        assert!(
+            msg.contains("`routing.sets[0].destinations[1].weight`"),
+            "{msg}"
+        );
+        assert!(msg.contains("r.toml:8"), "{msg}");
+
+        // The failover timeout must stay below timer B (64 × 100 ms here).
+        let text = "[sip]\nt1_ms = 100\n\n[[routing.sets]]\nname = \"pbx\"\nfailover_timeout_ms = 7000\ndestinations = [{ address = \"127.0.0.1:5080\" }]\n";
+        let msg = Config::parse(text, "r.toml").unwrap_err().to_string();
+        assert!(msg.contains("routing.sets[0].failover_timeout_ms"), "{msg}");
+        assert!(msg.contains("r.toml:6"), "{msg}");
+
+        // A rule naming a set that does not exist.
+        let text = "[[routing.sets]]\nname = \"pbx\"\ndestinations = [{ address = \"127.0.0.1:5080\" }]\n[[routing.rules]]\nrange = \"1000-1999\"\nset = \"nope\"\n";
+        let msg = Config::parse(text, "r.toml").unwrap_err().to_string();
+        assert!(msg.contains("routing.rules[0]"), "{msg}");
+        assert!(
+            msg.contains("r.toml:4") || msg.contains("r.toml:6"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn static_routes_become_sets_and_rules_after_the_configured_ones() {
+        let text = "[[routes]]\nprefix = \"2\"\ndestination = \"127.0.0.1:5080\"\n[[routes]]\nprefix = \"\"\ndestination = \"127.0.0.1:5090\"\n[[routing.sets]]\nname = \"pbx\"\ndestinations = [{ address = \"127.0.0.1:5082\" }]\n[[routing.rules]]\nrange = \"1000-1999\"\nset = \"pbx\"\n";
+        let c = Config::parse(text, "r.toml").unwrap();
+        let r = c.effective_routing();
+        assert_eq!(r.sets.len(), 3);
+        assert_eq!(r.rules.len(), 3);
+        assert_eq!(r.rules[0].set.as_deref(), Some("pbx"));
+        assert_eq!(r.rules[1].prefix.as_deref(), Some("2"));
+        assert!(r.rules[2].default, "an empty prefix matches everything");
+        assert_eq!(
+            r.sets[1].probe.interval_ms, 0,
+            "static routes are not probed"
+        );
+
+        let bad = "[[routes]]\nprefix = \"2 x\"\ndestination = \"127.0.0.1:5080\"\n";
+        let msg = Config::parse(bad, "r.toml").unwrap_err().to_string();
+        assert!(msg.contains("`routes[0].prefix`"), "{msg}");
+        assert!(msg.contains("r.toml:2"), "{msg}");
     }
 
     #[test]

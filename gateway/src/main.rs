@@ -170,6 +170,7 @@ fn main() -> ExitCode {
         Command::Location { config, command } => admin(config, AdminCommand::Location(command)),
         Command::Cdr { config, command } => admin(config, AdminCommand::Cdr(command)),
         Command::Run { config, web_root } => {
+            let config_path = config.clone();
             let config = match config {
                 Some(path) => match Config::load(&path) {
                     Ok(c) => c,
@@ -188,7 +189,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run(config, web_root))
+            runtime.block_on(run(config, config_path, web_root))
         }
     }
 }
@@ -384,8 +385,8 @@ fn init_tracing(default: &str) {
     tracing_subscriber::fmt().with_env_filter(filter).init();
 }
 
-async fn run(config: Config, web_root: Option<PathBuf>) -> ExitCode {
-    let app = match App::start(config, web_root).await {
+async fn run(config: Config, config_path: Option<PathBuf>, web_root: Option<PathBuf>) -> ExitCode {
+    let mut app = match App::start(config, web_root).await {
         Ok(a) => a,
         Err(e) => {
             tracing::error!("{e}");
@@ -393,6 +394,7 @@ async fn run(config: Config, web_root: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    app.config_path = config_path;
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -405,7 +407,10 @@ async fn run(config: Config, web_root: Option<PathBuf>) -> ExitCode {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
-            _ = hup.recv() => app.reload(),
+            _ = hup.recv() => match app.reload() {
+                Ok(report) => tracing::info!(?report, "reloaded"),
+                Err(e) => tracing::error!(error = %e, "reload refused; the running configuration stays"),
+            },
         }
     }
     tracing::info!("shutting down");

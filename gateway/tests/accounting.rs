@@ -347,7 +347,10 @@ fn failed(call_id: &str) -> DialogEvent {
     DialogEvent {
         call_id: call_id.into(),
         at: Instant::now(),
-        kind: DialogEventKind::Failed { status: 486 },
+        kind: DialogEventKind::Failed {
+            status: 486,
+            destinations: vec![],
+        },
     }
 }
 

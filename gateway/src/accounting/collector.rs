@@ -179,7 +179,16 @@ impl Collector {
                     },
                 );
             }
-            DialogEventKind::Failed { status } => {
+            DialogEventKind::Failed {
+                status,
+                destinations,
+            } => {
+                if let Some(o) = self.open.get_mut(&ev.call_id)
+                    && o.ended.is_none()
+                    && !destinations.is_empty()
+                {
+                    o.destination = Some(destinations.join(","));
+                }
                 self.ended(
                     clock,
                     &ev.call_id,
@@ -456,6 +465,13 @@ mod tests {
         assert_eq!(c.open_calls(), 0);
     }
 
+    fn tried(status: u16) -> Vec<String> {
+        match status {
+            503 => vec!["udp:127.0.0.1:5080".into(), "udp:127.0.0.1:5082".into()],
+            _ => vec![],
+        }
+    }
+
     #[test]
     fn failures_map_to_dispositions_and_reasons() {
         for (status, reason) in [
@@ -477,7 +493,10 @@ mod tests {
                 clock(t0, Duration::from_secs(2)),
                 ev(
                     t0 + Duration::from_secs(2),
-                    DialogEventKind::Failed { status },
+                    DialogEventKind::Failed {
+                        status,
+                        destinations: tried(status),
+                    },
                 ),
             );
             let r = c.poll_record().unwrap();
@@ -485,7 +504,14 @@ mod tests {
             assert_eq!(r.reason.as_deref(), Some(reason), "{status}");
             assert_eq!(r.answered_at_ms, None);
             assert_eq!(r.ended_at_ms, Some(T0_MS + 2_000));
-            assert_eq!(r.destination.as_deref(), Some("udp:127.0.0.1:5080"));
+            // Every destination tried when the failure names them (serial
+            // failover), else the ones of the start.
+            let expected = if status == 503 {
+                "udp:127.0.0.1:5080,udp:127.0.0.1:5082"
+            } else {
+                "udp:127.0.0.1:5080"
+            };
+            assert_eq!(r.destination.as_deref(), Some(expected));
         }
     }
 
@@ -599,7 +625,13 @@ mod tests {
         c.handle_event(clock(t0, s(0)), ev(t0, DialogEventKind::Started(start())));
         c.handle_event(
             clock(t0, s(1)),
-            ev(t0 + s(1), DialogEventKind::Failed { status: 486 }),
+            ev(
+                t0 + s(1),
+                DialogEventKind::Failed {
+                    status: 486,
+                    destinations: vec![],
+                },
+            ),
         );
         c.handle_timeout(t0 + s(2));
         assert!(c.poll_record().is_none());
@@ -615,7 +647,13 @@ mod tests {
         c.handle_event(clock(t0, s(0)), ev(t0, DialogEventKind::Started(start())));
         c.handle_event(
             clock(t0, s(1)),
-            ev(t0 + s(1), DialogEventKind::Failed { status: 486 }),
+            ev(
+                t0 + s(1),
+                DialogEventKind::Failed {
+                    status: 486,
+                    destinations: vec![],
+                },
+            ),
         );
         let mut live = ev(t0, DialogEventKind::Started(start()));
         live.call_id = "c2".into();
@@ -637,7 +675,13 @@ mod tests {
         c.handle_event(clock(t0, s(0)), ev(t0, DialogEventKind::Started(start())));
         c.handle_event(
             clock(t0, s(0)),
-            ev(t0, DialogEventKind::Failed { status: 407 }),
+            ev(
+                t0,
+                DialogEventKind::Failed {
+                    status: 407,
+                    destinations: vec![],
+                },
+            ),
         );
         c.handle_event(
             clock(t0, s(1)),

@@ -42,6 +42,9 @@ pub enum DialogEventKind {
     Failed {
         /// The final status sent upstream.
         status: u16,
+        /// Every destination it was sent to, in order (serial failover adds
+        /// some after `Started`); empty when it went nowhere.
+        destinations: Vec<String>,
     },
 }
 

@@ -25,7 +25,7 @@ use crate::transaction::{
 use crate::transport::{Destination, FlowId, Kind, Source};
 
 use route::{Keyed, Local};
-use routing::{Decision, Router, Target};
+use routing::{BranchFailure, Decision, Router, SerialRoute, SerialStep, Target};
 
 /// Methods rtcgate handles, for `Allow`.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, MESSAGE, NOTIFY, SUBSCRIBE, REFER, PRACK";
@@ -266,6 +266,32 @@ struct Forward {
     queue: VecDeque<(usize, rsip::Response)>,
     /// A response at the head of `queue` is with rtpengine.
     answering: bool,
+    /// Route set and Record-Route choice, for branches added later.
+    routes: Vec<String>,
+    record_route: bool,
+    /// Serial failover through a destination set.
+    serial: Option<SerialState>,
+}
+
+/// What [`Proxy::fail_over`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailoverResult {
+    /// The next destination is being tried on this branch.
+    Started(usize),
+    /// The failure goes to the caller as it is.
+    Final,
+    /// No destination is left.
+    Exhausted,
+    /// Not the current branch of a serial route.
+    NotSerial,
+}
+
+/// A request being tried on one destination after the other.
+struct SerialState {
+    /// The branch index of the destination being tried.
+    current: usize,
+    no_answer: std::time::Duration,
+    rest: Box<dyn SerialRoute>,
 }
 
 impl Forward {
@@ -319,6 +345,10 @@ pub struct Proxy {
     /// When confirmed dialogs time out (lazy deletion: an entry whose dialog
     /// is gone is skipped).
     call_deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, String)>>,
+    /// No-answer deadlines of serial branches (lazy deletion: a branch that
+    /// got a response meanwhile is skipped).
+    failover_deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u64)>>,
+    failover_branches: HashMap<u64, (ServerKey, usize)>,
     forwards: HashMap<ServerKey, Forward>,
     owners: HashMap<ClientKey, (ServerKey, usize)>,
     sends: VecDeque<(Destination, Bytes)>,
@@ -364,6 +394,8 @@ impl Proxy {
             started: std::collections::HashSet::new(),
             max_call_duration: config.max_call_duration,
             call_deadlines: std::collections::BinaryHeap::new(),
+            failover_deadlines: std::collections::BinaryHeap::new(),
+            failover_branches: HashMap::new(),
             forwards: HashMap::new(),
             owners: HashMap::new(),
             sends: VecDeque::new(),
@@ -385,15 +417,56 @@ impl Proxy {
     /// The earliest time `handle_timeout` must be called.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let calls = self.call_deadlines.peek().map(|r| r.0.0);
-        match (self.txns.poll_timeout(), calls) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let failover = self.failover_deadlines.peek().map(|r| r.0.0);
+        [self.txns.poll_timeout(), calls, failover]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Runs due timers.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.txns.handle_timeout(now);
+        while let Some(std::cmp::Reverse((at, id))) = self.failover_deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.failover_deadlines.pop();
+            let Some((skey, idx)) = self.failover_branches.remove(&id) else {
+                continue;
+            };
+            let silent = self
+                .forwards
+                .get(&skey)
+                .filter(|f| !f.final_sent)
+                .and_then(|f| f.branches.get(idx))
+                .is_some_and(|b| !b.done && !b.provisional);
+            if silent {
+                tracing::info!(
+                    call_id = %self.forwards.get(&skey).map(|f| call_id_of(&f.request.headers)).unwrap_or_default(),
+                    "no answer from the destination"
+                );
+                match self.fail_over(now, skey, idx, BranchFailure::Timeout) {
+                    FailoverResult::Started(_) => {}
+                    FailoverResult::Final | FailoverResult::Exhausted => {
+                        self.answer_exhausted(now, skey);
+                    }
+                    FailoverResult::NotSerial => {
+                        // Cancelled while the destination stayed silent: no
+                        // CANCEL can go out before a provisional (§9.1), so
+                        // the caller hears 487 now instead of at timer B.
+                        let cancelled = self
+                            .forwards
+                            .get(&skey)
+                            .and_then(|f| f.branches.get(idx))
+                            .is_some_and(|b| b.cancel_on_provisional);
+                        if cancelled {
+                            self.fail_branch(now, skey, idx, 487, None, None, None);
+                        }
+                    }
+                }
+            }
+        }
         while let Some(std::cmp::Reverse((at, _))) = self.call_deadlines.peek() {
             if *at > now {
                 break;
@@ -474,7 +547,8 @@ impl Proxy {
 
     fn is_trusted(&self, source: &Source) -> bool {
         matches!(source, Source::Udp { .. })
-            && self.trusted.iter().any(|t| t.matches(source.peer()))
+            && (self.trusted.iter().any(|t| t.matches(source.peer()))
+                || self.router.is_trusted(source.peer().ip()))
     }
 
     fn park_for_auth(
@@ -516,6 +590,19 @@ impl Proxy {
                 self.reply(now, key, &req, 480, Some("Temporarily Unavailable"));
                 return;
             }
+            Decision::Serial(serial) => {
+                let serial = *serial;
+                self.forward(now, key, source, req, routes, vec![serial.first], true);
+                if let Some(fwd) = self.forwards.get_mut(&key) {
+                    fwd.serial = Some(SerialState {
+                        current: 0,
+                        no_answer: serial.no_answer,
+                        rest: serial.rest,
+                    });
+                    self.arm_failover(now, key, 0);
+                }
+                return;
+            }
             Decision::Reject(code, reason) => {
                 self.call_rejected(now, &req, &source, code);
                 self.reply(now, key, &req, code, Some(reason));
@@ -523,6 +610,125 @@ impl Proxy {
             }
         };
         self.forward(now, key, source, req, routes, targets, true);
+    }
+
+    /// Starts the no-answer timer of serial branch `idx`.
+    fn arm_failover(&mut self, now: Instant, skey: ServerKey, idx: usize) {
+        let Some(no_answer) = self
+            .forwards
+            .get(&skey)
+            .and_then(|f| f.serial.as_ref())
+            .map(|s| s.no_answer)
+        else {
+            return;
+        };
+        self.seq += 1;
+        self.failover_branches.insert(self.seq, (skey, idx));
+        self.failover_deadlines
+            .push(std::cmp::Reverse((now + no_answer, self.seq)));
+    }
+
+    /// The current serial branch `idx` failed: start the next destination.
+    fn fail_over(
+        &mut self,
+        now: Instant,
+        skey: ServerKey,
+        idx: usize,
+        failure: BranchFailure,
+    ) -> FailoverResult {
+        let Some(mut fwd) = self.forwards.remove(&skey) else {
+            return FailoverResult::NotSerial;
+        };
+        let result = self.next_serial_branch(now, skey, &mut fwd, idx, failure);
+        self.forwards.insert(skey, fwd);
+        if let FailoverResult::Started(next) = result {
+            self.arm_failover(now, skey, next);
+        }
+        result
+    }
+
+    fn next_serial_branch(
+        &mut self,
+        now: Instant,
+        skey: ServerKey,
+        fwd: &mut Forward,
+        idx: usize,
+        failure: BranchFailure,
+    ) -> FailoverResult {
+        if fwd.final_sent || fwd.serial.as_ref().is_none_or(|s| s.current != idx) {
+            return FailoverResult::NotSerial;
+        }
+        let Some(failed) = fwd.branches.get_mut(idx) else {
+            return FailoverResult::NotSerial;
+        };
+        if failure == BranchFailure::Timeout {
+            // Silent so far: stop waiting, but CANCEL it should it wake up.
+            failed.done = true;
+            failed.awaiting_offer = false;
+            failed.cancel_on_provisional = true;
+            if self.media {
+                // The branch's media state goes; the call's stays for the next one.
+                self.tasks.push_back(Task::Media(MediaTask::Final {
+                    call_id: call_id_of(&fwd.request.headers),
+                    via_branch: failed.via_branch.clone(),
+                    status: 408,
+                }));
+            }
+        }
+        let failed_dest = failed.dest;
+        let step = match fwd.serial.as_mut() {
+            Some(serial) => serial.rest.next(&failed_dest, failure),
+            None => return FailoverResult::NotSerial,
+        };
+        match step {
+            SerialStep::Next(target) => {
+                let loop_part = self.loop_hash(&fwd.request);
+                let before = fwd.branches.len();
+                self.start_branch(now, skey, fwd, *target, &loop_part);
+                if fwd.branches.len() == before {
+                    // Not even sent (transaction table full).
+                    fwd.serial = None;
+                    return FailoverResult::Exhausted;
+                }
+                if let Some(s) = fwd.serial.as_mut() {
+                    s.current = before;
+                }
+                FailoverResult::Started(before)
+            }
+            SerialStep::Final => {
+                fwd.serial = None;
+                FailoverResult::Final
+            }
+            SerialStep::Exhausted => {
+                fwd.serial = None;
+                FailoverResult::Exhausted
+            }
+        }
+    }
+
+    /// Every destination of a serial route failed: 503 to the caller.
+    fn answer_exhausted(&mut self, now: Instant, skey: ServerKey) {
+        let Some(fwd) = self.forwards.get_mut(&skey) else {
+            return;
+        };
+        let mut resp = transaction::make_response(
+            &fwd.request,
+            503,
+            Some("All Destinations Failed"),
+            Some(&crate::sip::new_tag()),
+        );
+        resp.headers
+            .push(rsip::Header::RetryAfter(rsip::headers::RetryAfter::new(
+                "30".to_owned(),
+            )));
+        fwd.best = Some(resp);
+        for b in &mut fwd.branches {
+            if !b.done && !b.provisional {
+                b.done = true;
+                b.cancel_on_provisional = true;
+            }
+        }
+        self.maybe_send_best(now, skey);
     }
 
     /// A flow closed: branches waiting on it fail now instead of at timer B.
@@ -605,15 +811,28 @@ impl Proxy {
     fn call_rejected(&mut self, now: Instant, req: &rsip::Request, source: &Source, status: u16) {
         if req.method == rsip::Method::Invite {
             self.call_started(now, req, source, &[]);
-            self.call_failed(now, call_id_of(&req.headers), status);
+            self.call_failed(now, call_id_of(&req.headers), status, Vec::new());
         }
     }
 
     /// `Failed`, once, for a started call.
-    fn call_failed(&mut self, now: Instant, call_id: String, status: u16) {
+    fn call_failed(
+        &mut self,
+        now: Instant,
+        call_id: String,
+        status: u16,
+        destinations: Vec<String>,
+    ) {
         self.early.remove(&call_id);
         if self.started.remove(&call_id) {
-            self.dialog_event(now, call_id, dialog::DialogEventKind::Failed { status });
+            self.dialog_event(
+                now,
+                call_id,
+                dialog::DialogEventKind::Failed {
+                    status,
+                    destinations,
+                },
+            );
         }
     }
 
@@ -1045,111 +1264,18 @@ impl Proxy {
         let mut fwd = Forward {
             source,
             method: req.method,
-            request: req.clone(),
+            request: req,
             branches: Vec::new(),
             best: None,
             final_sent: false,
             queue: VecDeque::new(),
             answering: false,
+            routes,
+            record_route,
+            serial: None,
         };
         for target in targets {
-            if let Destination::Flow(f) = target.dest
-                && !self.flows.alive(f)
-            {
-                continue;
-            }
-            let mut out = req.clone();
-            out.uri = target.uri.clone();
-            route::lower_transport_param(&mut out.uri);
-            route::set_routes(&mut out, &routes);
-            set_max_forwards(&mut out);
-            if record_route {
-                self.add_record_routes(&mut out, &source, &target);
-            }
-            self.seq += 1;
-            let branch = format!("z9hG4bK.rg{loop_part}.{:x}", self.seq);
-            let toward = match target.dest {
-                Destination::Udp(a) => Some(a),
-                Destination::Flow(_) => None,
-            };
-            let mut via = format!(
-                "SIP/2.0/{} {};branch={branch}",
-                target.kind.via_token(),
-                self.local.sent_by(target.kind, toward)
-            );
-            if target.kind == Kind::Udp {
-                via.push_str(";rport");
-            }
-            if let Source::Ws { flow, .. } = source {
-                via.push_str(";fl=");
-                via.push_str(&self.keyed.flow_token(flow));
-            }
-            insert_headers(
-                &mut out.headers,
-                [rsip::Header::Via(rsip::headers::Via::new(via))],
-                |h| matches!(h, rsip::Header::Via(_)),
-                false,
-            );
-            let offers_sdp = self.media
-                && matches!(out.method, rsip::Method::Invite | rsip::Method::Update)
-                && crate::sip::has_sdp(&out.headers, &out.body);
-            if offers_sdp {
-                // rtpengine rewrites the offer for this branch first.
-                let idx = fwd.branches.len();
-                let mut msg = media_msg(
-                    &out,
-                    &branch,
-                    out.body.clone(),
-                    profile(target.kind),
-                    Some(source.peer().ip()),
-                );
-                msg.codec_policy = target.codec_policy.clone();
-                fwd.branches.push(Branch {
-                    key: None,
-                    dest: target.dest,
-                    kind: target.kind,
-                    via_branch: branch.clone(),
-                    awaiting_offer: true,
-                    request: out,
-                    provisional: false,
-                    done: false,
-                    cancel_on_provisional: false,
-                });
-                self.tasks.push_back(Task::Media(MediaTask::Offer {
-                    key,
-                    branch: idx,
-                    msg,
-                }));
-                continue;
-            }
-            if self.media && out.method == rsip::Method::Invite {
-                let msg = media_msg(&out, &branch, Vec::new(), profile(target.kind), None);
-                self.tasks
-                    .push_back(Task::Media(MediaTask::NoSdpInvite { msg }));
-            }
-            match self
-                .txns
-                .send_request(now, out.clone(), target.dest, target.kind.reliable())
-            {
-                Ok(ck) => {
-                    self.owners.insert(ck, (key, fwd.branches.len()));
-                    fwd.branches.push(Branch {
-                        key: Some(ck),
-                        dest: target.dest,
-                        kind: target.kind,
-                        via_branch: branch.clone(),
-                        awaiting_offer: false,
-                        request: out,
-                        provisional: false,
-                        done: false,
-                        cancel_on_provisional: false,
-                    });
-                    self.stats.forwarded += 1;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot create client transaction");
-                }
-            }
+            self.start_branch(now, key, &mut fwd, target, &loop_part);
         }
         if fwd.branches.is_empty() {
             let (code, reason) = if self.txns.len() >= self.txns.config().max_transactions {
@@ -1157,11 +1283,122 @@ impl Proxy {
             } else {
                 (430, "Flow Failed")
             };
-            self.call_failed(now, call_id_of(&req.headers), code);
-            self.reply(now, key, &req, code, Some(reason));
+            let request = fwd.request;
+            self.call_failed(now, call_id_of(&request.headers), code, Vec::new());
+            self.reply(now, key, &request, code, Some(reason));
             return;
         }
         self.forwards.insert(key, fwd);
+    }
+
+    /// Adds a branch toward `target` to `fwd` (nothing when the target's
+    /// flow is gone or no client transaction can be created).
+    fn start_branch(
+        &mut self,
+        now: Instant,
+        key: ServerKey,
+        fwd: &mut Forward,
+        target: Target,
+        loop_part: &str,
+    ) {
+        if let Destination::Flow(f) = target.dest
+            && !self.flows.alive(f)
+        {
+            return;
+        }
+        let source = fwd.source;
+        let mut out = fwd.request.clone();
+        out.uri = target.uri.clone();
+        route::lower_transport_param(&mut out.uri);
+        route::set_routes(&mut out, &fwd.routes);
+        set_max_forwards(&mut out);
+        if fwd.record_route {
+            self.add_record_routes(&mut out, &source, &target);
+        }
+        self.seq += 1;
+        let branch = format!("z9hG4bK.rg{loop_part}.{:x}", self.seq);
+        let toward = match target.dest {
+            Destination::Udp(a) => Some(a),
+            Destination::Flow(_) => None,
+        };
+        let mut via = format!(
+            "SIP/2.0/{} {};branch={branch}",
+            target.kind.via_token(),
+            self.local.sent_by(target.kind, toward)
+        );
+        if target.kind == Kind::Udp {
+            via.push_str(";rport");
+        }
+        if let Source::Ws { flow, .. } = source {
+            via.push_str(";fl=");
+            via.push_str(&self.keyed.flow_token(flow));
+        }
+        insert_headers(
+            &mut out.headers,
+            [rsip::Header::Via(rsip::headers::Via::new(via))],
+            |h| matches!(h, rsip::Header::Via(_)),
+            false,
+        );
+        let offers_sdp = self.media
+            && matches!(out.method, rsip::Method::Invite | rsip::Method::Update)
+            && crate::sip::has_sdp(&out.headers, &out.body);
+        if offers_sdp {
+            // rtpengine rewrites the offer for this branch first.
+            let idx = fwd.branches.len();
+            let mut msg = media_msg(
+                &out,
+                &branch,
+                out.body.clone(),
+                profile(target.kind),
+                Some(source.peer().ip()),
+            );
+            msg.codec_policy = target.codec_policy.clone();
+            fwd.branches.push(Branch {
+                key: None,
+                dest: target.dest,
+                kind: target.kind,
+                via_branch: branch.clone(),
+                awaiting_offer: true,
+                request: out,
+                provisional: false,
+                done: false,
+                cancel_on_provisional: false,
+            });
+            self.tasks.push_back(Task::Media(MediaTask::Offer {
+                key,
+                branch: idx,
+                msg,
+            }));
+            return;
+        }
+        if self.media && out.method == rsip::Method::Invite {
+            let msg = media_msg(&out, &branch, Vec::new(), profile(target.kind), None);
+            self.tasks
+                .push_back(Task::Media(MediaTask::NoSdpInvite { msg }));
+        }
+        match self
+            .txns
+            .send_request(now, out.clone(), target.dest, target.kind.reliable())
+        {
+            Ok(ck) => {
+                self.owners.insert(ck, (key, fwd.branches.len()));
+                fwd.branches.push(Branch {
+                    key: Some(ck),
+                    dest: target.dest,
+                    kind: target.kind,
+                    via_branch: branch,
+                    awaiting_offer: false,
+                    request: out,
+                    provisional: false,
+                    done: false,
+                    cancel_on_provisional: false,
+                });
+                self.stats.forwarded += 1;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create client transaction");
+            }
+        }
     }
 
     fn add_record_routes(&self, out: &mut rsip::Request, source: &Source, target: &Target) {
@@ -1609,6 +1846,22 @@ impl Proxy {
                 }
             }
             _ => {
+                let serial_current =
+                    is_invite && fwd.serial.as_ref().is_some_and(|s| s.current == idx);
+                if serial_current {
+                    match self.fail_over(now, skey, idx, BranchFailure::Status(code)) {
+                        // The failure stays between rtcgate and that PBX.
+                        FailoverResult::Started(_) => return,
+                        FailoverResult::Exhausted => {
+                            self.answer_exhausted(now, skey);
+                            return;
+                        }
+                        FailoverResult::Final | FailoverResult::NotSerial => {}
+                    }
+                }
+                let Some(fwd) = self.forwards.get_mut(&skey) else {
+                    return;
+                };
                 fwd.keep_if_better(resp);
                 self.maybe_send_best(now, skey);
             }
@@ -1631,7 +1884,13 @@ impl Proxy {
         let call_id = call_id_of(&fwd.request.headers);
         if initial_invite {
             let status = best.status_code.code();
-            self.call_failed(now, call_id.clone(), status);
+            // Every destination the INVITE went to (serial failover adds branches).
+            let tried = fwd
+                .branches
+                .iter()
+                .map(|b| dialog::describe_destination(b.dest, &b.request.uri))
+                .collect();
+            self.call_failed(now, call_id.clone(), status, tried);
         }
         if self.media && initial_invite {
             self.tasks.push_back(Task::Media(MediaTask::Terminate {
@@ -1647,6 +1906,8 @@ impl Proxy {
         let Some(fwd) = self.forwards.get_mut(&skey) else {
             return;
         };
+        // Answered or cancelled: no further destination is tried.
+        fwd.serial = None;
         let mut to_cancel = Vec::new();
         for (i, b) in fwd.branches.iter_mut().enumerate() {
             if Some(i) == except || b.done {
@@ -1694,6 +1955,16 @@ impl Proxy {
             match out {
                 Output::Transmit(t) => self.sends.push_back((t.to, t.data)),
                 Output::Timeout(ck) => {
+                    if let Some(&(skey, idx)) = self.owners.get(&ck) {
+                        match self.fail_over(now, skey, idx, BranchFailure::Timeout) {
+                            FailoverResult::Started(_) => continue,
+                            FailoverResult::Final | FailoverResult::Exhausted => {
+                                self.answer_exhausted(now, skey);
+                                continue;
+                            }
+                            FailoverResult::NotSerial => {}
+                        }
+                    }
                     if let Some(req) = self.branch_request(ck) {
                         let resp = transaction::make_response(
                             &req,

@@ -42,12 +42,54 @@ pub fn location_target(t: LocationTarget) -> Target {
 }
 
 /// The router's answer.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Decision {
     /// Fork to these targets in parallel (one for most calls).
     Forward(Vec<Target>),
+    /// Try destinations one after the other (a PBX set with failover).
+    Serial(Box<Serial>),
     /// Answer the request with this status and reason.
     Reject(u16, &'static str),
+}
+
+/// A serial route: the first target now, the rest on failure.
+#[derive(Debug)]
+pub struct Serial {
+    /// Where the request goes first.
+    pub first: Target,
+    /// No response at all (not even 100) within this → the next target.
+    /// Shorter than timer B, so a dead PBX costs seconds, not 32 s.
+    pub no_answer: std::time::Duration,
+    /// Picks the next target after a failure.
+    pub rest: Box<dyn SerialRoute>,
+}
+
+/// Why the current destination of a serial route failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BranchFailure {
+    /// No response within the no-answer time, or the transaction timed out.
+    Timeout,
+    /// A final response with this status.
+    Status(u16),
+}
+
+/// What comes after a failed destination.
+#[derive(Debug)]
+pub enum SerialStep {
+    /// Try this target next.
+    Next(Box<Target>),
+    /// The failure is final for the caller (e.g. 486): relay it.
+    Final,
+    /// Every destination failed.
+    Exhausted,
+}
+
+/// The remaining destinations of a serial route; owned by the proxy for the
+/// life of the request.
+pub trait SerialRoute: Send + std::fmt::Debug {
+    /// `failed` (the destination of the current target) failed with
+    /// `failure`: where next?
+    fn next(&mut self, failed: &Destination, failure: BranchFailure) -> SerialStep;
 }
 
 /// A registered contact reachable over a flow.
@@ -86,6 +128,12 @@ pub trait Router: Send + Sync {
     /// Decides where an initial (out-of-dialog) request addressed to one of
     /// our domains goes.
     fn route(&self, req: &rsip::Request, uri: &UriFacts, source: &Source) -> Decision;
+
+    /// Whether requests from `ip` are accepted without authentication
+    /// (a PBX of a destination set).
+    fn is_trusted(&self, _ip: IpAddr) -> bool {
+        false
+    }
 }
 
 /// Local users first (location), then the static table.

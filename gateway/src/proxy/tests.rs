@@ -162,7 +162,10 @@ fn early_dialog_that_fails_reports_the_status() {
         events(&mut p),
         vec![
             DialogEventKind::Early,
-            DialogEventKind::Failed { status: 486 }
+            DialogEventKind::Failed {
+                status: 486,
+                destinations: vec![format!("udp:{PBX}")]
+            }
         ]
     );
     let up = sent_to(&mut p, CALLER);
@@ -194,7 +197,13 @@ fn unanswered_branch_times_out_with_408_on_a_virtual_clock() {
     let ev: Vec<_> = std::iter::from_fn(|| p.poll_dialog_event()).collect();
     assert_eq!(ev.len(), 2, "{ev:?}");
     assert!(matches!(ev[0].kind, DialogEventKind::Started(_)));
-    assert_eq!(ev[1].kind, DialogEventKind::Failed { status: 408 });
+    assert_eq!(
+        ev[1].kind,
+        DialogEventKind::Failed {
+            status: 408,
+            destinations: vec![format!("udp:{PBX}")]
+        }
+    );
     assert!(
         ev[1].at >= t0 + std::time::Duration::from_secs(32),
         "at the timeout"
@@ -269,7 +278,10 @@ fn call_rejected_by_routing_starts_and_fails() {
                 direction: None,
                 destinations: vec![],
             }),
-            DialogEventKind::Failed { status: 404 },
+            DialogEventKind::Failed {
+                status: 404,
+                destinations: vec![]
+            },
         ]
     );
     // Other methods are not calls.
@@ -305,5 +317,218 @@ fn bye_from_the_callee_is_told_apart() {
         vec![DialogEventKind::Terminated {
             reason: EndCause::ByeFromCallee
         }]
+    );
+}
+
+const BACKUP: &str = "127.0.0.1:5082";
+
+/// A set of two PBXes tried in order; 408 and 5xx move on.
+#[derive(Debug)]
+struct TwoPbxes {
+    left: Vec<SocketAddr>,
+}
+
+impl SerialRoute for TwoPbxes {
+    fn next(&mut self, _failed: &Destination, failure: BranchFailure) -> SerialStep {
+        if let BranchFailure::Status(c) = failure
+            && c != 408
+            && c < 500
+        {
+            return SerialStep::Final;
+        }
+        match self.left.pop() {
+            Some(a) => SerialStep::Next(Box::new(pbx_target(a))),
+            None => SerialStep::Exhausted,
+        }
+    }
+}
+
+fn pbx_target(a: SocketAddr) -> Target {
+    Target {
+        uri: crate::rsip::Uri::try_from(format!("sip:1001@{a}").as_str()).unwrap(),
+        dest: Destination::Udp(a),
+        kind: Kind::Udp,
+        codec_policy: None,
+    }
+}
+
+struct SerialRouter;
+
+impl Router for SerialRouter {
+    fn route(&self, _: &crate::rsip::Request, _: &route::UriFacts, _: &Source) -> Decision {
+        Decision::Serial(Box::new(routing::Serial {
+            first: pbx_target(PBX.parse().unwrap()),
+            no_answer: std::time::Duration::from_secs(2),
+            rest: Box::new(TwoPbxes {
+                left: vec![BACKUP.parse().unwrap()],
+            }),
+        }))
+    }
+}
+
+fn serial_proxy() -> Proxy {
+    let local = Local {
+        udp: vec!["127.0.0.1:5060".parse().unwrap()],
+        domains: vec!["localhost".into()],
+        ..Default::default()
+    };
+    Proxy::new(
+        ProxyConfig {
+            server_header: "test".into(),
+            transactions: TransactionConfig::default(),
+            auth_required: false,
+            trusted: vec![],
+            media: false,
+            max_call_duration: None,
+        },
+        local,
+        Arc::new(SerialRouter),
+        false,
+        Arc::new(AllAlive),
+    )
+}
+
+/// Runs timers up to `until`.
+fn run_until(p: &mut Proxy, until: Instant) {
+    while let Some(d) = p.poll_timeout() {
+        if d > until {
+            break;
+        }
+        p.handle_timeout(d);
+    }
+}
+
+fn finals(msgs: &[String]) -> Vec<String> {
+    msgs.iter()
+        .filter(|m| m.starts_with("SIP/2.0 ") && !m.starts_with("SIP/2.0 1"))
+        .map(|m| m.lines().next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn silent_primary_fails_over_after_the_no_answer_time() {
+    let mut p = serial_proxy();
+    let t0 = Instant::now();
+    feed(&mut p, t0, CALLER, INVITE);
+    let mut to_primary = Vec::new();
+    let mut to_backup = Vec::new();
+    fn drain(p: &mut Proxy, primary: &mut Vec<String>, backup: &mut Vec<String>) {
+        while let Some(s) = p.poll_send() {
+            let text = String::from_utf8_lossy(&s.data).into_owned();
+            if s.dest == Destination::Udp(PBX.parse().unwrap()) {
+                primary.push(text);
+            } else if s.dest == Destination::Udp(BACKUP.parse().unwrap()) {
+                backup.push(text);
+            }
+        }
+    }
+    drain(&mut p, &mut to_primary, &mut to_backup);
+    assert_eq!(to_primary.len(), 1);
+    // Retransmissions to the primary, but no backup before 2 s.
+    run_until(&mut p, t0 + std::time::Duration::from_millis(1900));
+    drain(&mut p, &mut to_primary, &mut to_backup);
+    assert!(to_backup.is_empty());
+    run_until(&mut p, t0 + std::time::Duration::from_millis(2100));
+    drain(&mut p, &mut to_primary, &mut to_backup);
+    assert_eq!(to_backup.len(), 1, "the backup gets the INVITE at 2 s");
+    assert!(to_backup[0].starts_with("INVITE sip:1001@127.0.0.1:5082 "));
+    feed(
+        &mut p,
+        t0 + std::time::Duration::from_millis(2200),
+        BACKUP,
+        &answer(&to_backup[0], "200 OK"),
+    );
+    let up = sent_to(&mut p, CALLER);
+    assert_eq!(finals(&up), vec!["SIP/2.0 200 OK"], "{up:?}");
+    // A primary waking up late is cancelled, not connected.
+    let primary_invite = to_primary[0].clone();
+    feed(
+        &mut p,
+        t0 + std::time::Duration::from_millis(2500),
+        PBX,
+        &answer(&primary_invite, "180 Ringing"),
+    );
+    let cancels: Vec<_> = sent_to(&mut p, PBX)
+        .into_iter()
+        .filter(|m| m.starts_with("CANCEL "))
+        .collect();
+    assert_eq!(cancels.len(), 1);
+}
+
+/// Everything sent since the last call, by destination address.
+fn sent_all(p: &mut Proxy) -> Vec<(Destination, String)> {
+    std::iter::from_fn(|| p.poll_send())
+        .map(|s| (s.dest, String::from_utf8_lossy(&s.data).into_owned()))
+        .collect()
+}
+
+fn only(sent: &[(Destination, String)], to: &str) -> Vec<String> {
+    let to = Destination::Udp(to.parse().unwrap());
+    sent.iter()
+        .filter(|(d, _)| *d == to)
+        .map(|(_, m)| m.clone())
+        .collect()
+}
+
+#[test]
+fn a_5xx_moves_on_a_486_is_final_and_all_failed_is_503() {
+    // 503 from the primary → backup; backup's 486 → the caller gets 486.
+    let mut p = serial_proxy();
+    let t0 = Instant::now();
+    feed(&mut p, t0, CALLER, INVITE);
+    let fwd = sent_to(&mut p, PBX);
+    feed(&mut p, t0, PBX, &answer(&fwd[0], "503 Service Unavailable"));
+    let out = sent_all(&mut p);
+    assert!(finals(&only(&out, CALLER)).is_empty(), "503 not relayed");
+    let to_backup = only(&out, BACKUP);
+    let invite = to_backup.iter().find(|m| m.starts_with("INVITE ")).unwrap();
+    feed(&mut p, t0, BACKUP, &answer(invite, "486 Busy Here"));
+    assert_eq!(
+        finals(&sent_to(&mut p, CALLER)),
+        vec!["SIP/2.0 486 Busy Here"]
+    );
+
+    // A 486 from the primary is final at once.
+    let mut p = serial_proxy();
+    feed(&mut p, t0, CALLER, INVITE);
+    let fwd = sent_to(&mut p, PBX);
+    feed(&mut p, t0, PBX, &answer(&fwd[0], "486 Busy Here"));
+    let out = sent_all(&mut p);
+    assert_eq!(finals(&only(&out, CALLER)), vec!["SIP/2.0 486 Busy Here"]);
+    assert!(only(&out, BACKUP).is_empty());
+
+    // Both silent: 503 after two no-answer times, long before timer B.
+    let mut p = serial_proxy();
+    feed(&mut p, t0, CALLER, INVITE);
+    run_until(&mut p, t0 + std::time::Duration::from_millis(4100));
+    let up = sent_to(&mut p, CALLER);
+    assert_eq!(
+        finals(&up),
+        vec!["SIP/2.0 503 All Destinations Failed"],
+        "{up:?}"
+    );
+}
+
+#[test]
+fn cancel_during_serial_routing_tries_no_further_destination() {
+    let mut p = serial_proxy();
+    let t0 = Instant::now();
+    feed(&mut p, t0, CALLER, INVITE);
+    let _ = sent_to(&mut p, PBX);
+    // The caller gives up while the primary is still silent.
+    let cancel = INVITE
+        .replacen("INVITE sip:", "CANCEL sip:", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    feed(&mut p, t0, CALLER, &cancel);
+    run_until(&mut p, t0 + std::time::Duration::from_secs(5));
+    let out = sent_all(&mut p);
+    assert!(
+        only(&out, BACKUP).is_empty(),
+        "no destination is tried after a CANCEL"
+    );
+    let up = only(&out, CALLER);
+    assert!(
+        finals(&up).iter().any(|f| f.starts_with("SIP/2.0 487")),
+        "the caller hears 487 at the no-answer time: {up:?}"
     );
 }

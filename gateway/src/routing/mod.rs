@@ -31,6 +31,7 @@ pub use router::{PbxDecision, RoutingRouter, pbx_target};
 pub use shell::{ProbeOptions, RoutingError, RoutingHandle, RoutingService};
 pub use table::{
     CallFailure, Failover, PbxRoute, RouteOutcome, RouteQuery, RoutedDestination, RoutingTable,
+    SetView,
 };
 
 #[cfg(test)]

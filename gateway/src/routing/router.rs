@@ -5,27 +5,26 @@
 use std::sync::Arc;
 
 use crate::proxy::route::UriFacts;
-use crate::proxy::routing::{Decision, Location, Router, Target, location_target};
+use crate::proxy::routing::{
+    BranchFailure, Decision, Location, Router, Serial, SerialRoute, SerialStep, Target,
+    location_target,
+};
 use crate::rsip;
 use crate::transport::{Destination, Kind, Source};
 
 use super::config::Transport;
 use super::shell::RoutingHandle;
-use super::table::{PbxRoute, RouteOutcome, RouteQuery, RoutedDestination};
+use super::table::{CallFailure, Failover, PbxRoute, RouteOutcome, RouteQuery, RoutedDestination};
 
-/// Routes initial requests by the configured rules.
-///
-/// The proxy forks a `Forward` in parallel, so for a PBX set this returns
-/// only the first destination; a proxy doing serial failover calls
-/// [`RoutingRouter::route_pbx`] instead and walks the list with
-/// [`RoutingHandle::next_after_failure`].
+/// Routes initial requests by the configured rules: registered users are
+/// forked to in parallel, a PBX set is tried serially with failover.
 pub struct RoutingRouter {
     handle: RoutingHandle,
     location: Option<Arc<dyn Location>>,
 }
 
 /// What [`RoutingRouter::route_pbx`] found.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum PbxDecision {
     /// Registered users (fork to all in parallel) or a final rejection.
     Decided(Decision),
@@ -91,9 +90,55 @@ impl Router for RoutingRouter {
     fn route(&self, req: &rsip::Request, uri: &UriFacts, source: &Source) -> Decision {
         match self.route_pbx(req, uri, source) {
             PbxDecision::Decided(d) => d,
-            PbxDecision::Serial { mut targets, .. } => {
-                targets.truncate(1);
-                Decision::Forward(targets)
+            PbxDecision::Serial { route, targets } => {
+                let Some(first) = targets.into_iter().next() else {
+                    return Decision::Reject(503, "all destinations down");
+                };
+                Decision::Serial(Box::new(Serial {
+                    first,
+                    no_answer: route.failover_timeout,
+                    rest: Box::new(PbxSerial {
+                        handle: self.handle.clone(),
+                        uri: req.uri.clone(),
+                        route,
+                    }),
+                }))
+            }
+        }
+    }
+
+    fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        self.handle.is_trusted(ip).is_some()
+    }
+}
+
+/// The rest of a PBX set for one call: asks the table (whose health may
+/// have changed meanwhile) for the next destination.
+#[derive(Debug)]
+struct PbxSerial {
+    handle: RoutingHandle,
+    uri: rsip::Uri,
+    route: PbxRoute,
+}
+
+impl SerialRoute for PbxSerial {
+    fn next(&mut self, failed: &Destination, failure: BranchFailure) -> SerialStep {
+        let Destination::Udp(addr) = failed else {
+            return SerialStep::Exhausted;
+        };
+        let failure = match failure {
+            BranchFailure::Timeout => CallFailure::Timeout,
+            BranchFailure::Status(code) => CallFailure::Status(code),
+        };
+        match self.handle.next_after_failure(&self.route, *addr, failure) {
+            Failover::Next(dest) => {
+                tracing::info!(set = %self.route.set, failed = %addr, next = %dest.address, ?failure, "failover");
+                SerialStep::Next(Box::new(target_for(&self.uri, &self.route.user, &dest)))
+            }
+            Failover::Stop => SerialStep::Final,
+            Failover::Exhausted => {
+                tracing::warn!(set = %self.route.set, failed = %addr, ?failure, "every destination failed");
+                SerialStep::Exhausted
             }
         }
     }
@@ -102,7 +147,11 @@ impl Router for RoutingRouter {
 /// The Request-URI toward one destination: user rewritten, host:port the
 /// destination's, other parts (parameters) kept.
 pub fn pbx_target(req: &rsip::Request, user: &str, dest: &RoutedDestination) -> Target {
-    let mut uri = req.uri.clone();
+    target_for(&req.uri, user, dest)
+}
+
+fn target_for(request_uri: &rsip::Uri, user: &str, dest: &RoutedDestination) -> Target {
+    let mut uri = request_uri.clone();
     uri.host_with_port = rsip::HostWithPort {
         host: rsip::Host::IpAddr(dest.address.ip()),
         port: Some(rsip::Port::from(dest.address.port())),
@@ -213,10 +262,27 @@ mod tests {
         }
         let req = request("sip:1500@gw.example;user=phone");
         match r.route(&req, &facts_of(&req.uri), &source()) {
-            Decision::Forward(t) => {
-                assert_eq!(t.len(), 1, "parallel fork gets only the first destination");
-                assert_eq!(t[0].uri.to_string(), "sip:1500@127.0.0.1:5080;user=phone");
-                assert!(matches!(t[0].dest, Destination::Udp(a) if a.port() == 5080));
+            Decision::Serial(mut s) => {
+                assert_eq!(
+                    s.first.uri.to_string(),
+                    "sip:1500@127.0.0.1:5080;user=phone"
+                );
+                assert!(matches!(s.first.dest, Destination::Udp(a) if a.port() == 5080));
+                // A 503 moves on to the backup, a 486 is final, then nothing is left.
+                match s.rest.next(&s.first.dest, BranchFailure::Status(503)) {
+                    SerialStep::Next(t) => {
+                        assert_eq!(t.uri.to_string(), "sip:1500@127.0.0.1:5082;user=phone");
+                        assert!(matches!(
+                            s.rest.next(&t.dest, BranchFailure::Timeout),
+                            SerialStep::Exhausted
+                        ));
+                    }
+                    other => panic!("expected the backup, got {other:?}"),
+                }
+                assert!(matches!(
+                    s.rest.next(&s.first.dest, BranchFailure::Status(486)),
+                    SerialStep::Final
+                ));
             }
             d => panic!("expected the PBX, got {d:?}"),
         }

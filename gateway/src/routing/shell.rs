@@ -117,6 +117,11 @@ impl RoutingHandle {
         self.lock().states()
     }
 
+    /// Every set with its destinations' health (admin view).
+    pub fn view(&self) -> Vec<super::table::SetView> {
+        self.lock().view()
+    }
+
     /// Swaps rules and sets atomically (health of kept destinations kept);
     /// on error the old configuration stays.
     pub fn reload(&self, config: &RoutingConfig) -> Result<(), RoutingConfigError> {

@@ -27,6 +27,17 @@ pub struct RoutedDestination {
     pub codec_policy: Option<String>,
 }
 
+/// One set as the admin view shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetView {
+    /// The set's name.
+    pub name: String,
+    /// How it spreads calls.
+    pub algorithm: Algorithm,
+    /// Its destinations, in configured order, with their health.
+    pub destinations: Vec<DestinationStatus>,
+}
+
 /// A call routed to a destination set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PbxRoute {
@@ -367,6 +378,24 @@ impl RoutingTable {
     /// Every destination's health, for the admin view.
     pub fn states(&self) -> Vec<DestinationStatus> {
         self.prober.states()
+    }
+
+    /// Every set with its destinations' health, in file order (admin view).
+    pub fn view(&self) -> Vec<SetView> {
+        let states = self.prober.states();
+        self.sets
+            .iter()
+            .map(|s| SetView {
+                name: s.name.clone(),
+                algorithm: s.algorithm,
+                destinations: s
+                    .dests
+                    .iter()
+                    .filter_map(|d| states.iter().find(|st| st.address == d.routed.address))
+                    .cloned()
+                    .collect(),
+            })
+            .collect()
     }
 
     /// The configured set names with their destination addresses (admin view).
