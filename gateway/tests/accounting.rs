@@ -254,6 +254,61 @@ async fn call_to_a_missing_pbx_has_a_408_record() {
 }
 
 #[tokio::test]
+async fn failed_over_call_names_every_destination_tried() {
+    // The primary is silent (nothing listens), the backup is busy.
+    let dead = pick_udp_port();
+    let Some(backup) = SippRun::spawn_file(&loadtest_scenario("pbx_uas_busy.xml"), &["-m", "1"])
+    else {
+        require("sipp", false);
+        return;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let routing = rtcgate::config::Config::parse(
+        &format!(
+            r#"
+[[routing.sets]]
+name = "pbx"
+failover_timeout_ms = 500
+probe = {{ interval_ms = 0 }}
+destinations = [
+  {{ address = "127.0.0.1:{dead}", priority = 0 }},
+  {{ address = "127.0.0.1:{}", priority = 1 }},
+]
+[[routing.rules]]
+default = true
+set = "pbx"
+"#,
+            backup.port
+        ),
+        "test.toml",
+    )
+    .unwrap()
+    .routing;
+    let gw = TestGateway::start_with(|c| c.routing = routing).await;
+    let target = gw.udp().to_string();
+    let caller = SippRun::spawn_file(
+        &loadtest_scenario("uac_busy.xml"),
+        &[&target, "-s", "1001", "-m", "1"],
+    )
+    .unwrap();
+    assert!(caller.finish(Duration::from_secs(20)).await, "sipp caller");
+    assert!(backup.finish(Duration::from_secs(20)).await, "sipp backup");
+    let r = the_record(&gw).await;
+    assert_eq!(r.disposition, Some(486), "{r:?}");
+    assert_eq!(
+        r.destination,
+        Some(format!(
+            "udp:127.0.0.1:{dead},udp:127.0.0.1:{}",
+            backup_port(&gw)
+        ))
+    );
+}
+
+fn backup_port(gw: &TestGateway) -> u16 {
+    gw.app.config.routing.sets[0].destinations[1].address.port()
+}
+
+#[tokio::test]
 async fn answered_call_with_rtpengine_carries_the_delete_statistics() {
     let Some(bin) = need_rtpengine() else { return };
     if !require("sipp", which("sipp").is_some()) {
