@@ -36,6 +36,29 @@ pub struct Daemon {
     child: Child,
     /// The ng control address.
     pub ng: SocketAddr,
+    /// Holds this daemon's media port slot.
+    _slot: std::fs::File,
+}
+
+/// A free media-port slot (0..290, 100 ports each from 30000), held by an
+/// exclusive file lock that the OS drops with the process or the file.
+fn port_slot() -> (u32, std::fs::File) {
+    let dir = std::env::temp_dir().join("rtcgate-test-rtp-slots");
+    std::fs::create_dir_all(&dir).unwrap();
+    let start = std::process::id() % 290;
+    for k in 0..290 {
+        let slot = (start + k) % 290;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{slot}.lock")))
+            .unwrap();
+        if file.try_lock().is_ok() {
+            return (slot, file);
+        }
+    }
+    panic!("no free rtpengine port slot (290 daemons running?)");
 }
 
 impl Drop for Daemon {
@@ -53,8 +76,10 @@ pub fn free_udp_port() -> SocketAddr {
 impl Daemon {
     pub fn start(bin: &PathBuf) -> Daemon {
         let ng = free_udp_port();
-        // A media port range of its own, derived from the ng port.
-        let base = 30_000 + (u32::from(ng.port()) % 290) * 100;
+        // A media port range of its own: a slot locked for the daemon's
+        // life, so parallel test processes never share ports.
+        let (slot, lock) = port_slot();
+        let base = 30_000 + slot * 100;
         let child = Command::new(bin)
             .args([
                 "--config-file=none",
@@ -73,7 +98,11 @@ impl Daemon {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn rtpengine");
-        let mut d = Daemon { child, ng };
+        let mut d = Daemon {
+            child,
+            ng,
+            _slot: lock,
+        };
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
@@ -99,6 +128,14 @@ impl Daemon {
                 address: self.ng,
                 weight: 1,
             }],
+            // Tests share two cores with parallel builds and other tests:
+            // patience here keeps a slow ng reply from reading as an outage.
+            // Tests of the outage itself set their own deadlines.
+            try_timeout_ms: 400,
+            tries: 4,
+            offer_deadline_ms: 3000,
+            delete_deadline_ms: 3000,
+            down_after: 3,
             ..MediaConfig::default()
         }
     }
