@@ -3,13 +3,17 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::admin::api::ReloadReport;
+use crate::admin::{AdminContext, AdminServer};
 use crate::config::Config;
 use crate::proxy::location::StoreLocation;
 use crate::proxy::route::Local;
 use crate::proxy::routing::StaticRouter;
 use crate::proxy::{Proxy, ProxyConfig, shell};
 use crate::server::{Server, StartError};
+use crate::telemetry::{MetricSources, Metrics, MetricsError, SipCounters, TracedRouter};
 use crate::tls::{self, TlsError, TlsSetup};
 use crate::transaction::{TimerConfig, TransactionConfig};
 
@@ -25,6 +29,17 @@ pub enum AppError {
     /// rtpengine client.
     #[error("rtpengine: {0}")]
     Media(crate::media::MediaError),
+    /// Metrics could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// The admin listener could not be bound.
+    #[error("cannot listen on {addr} (admin): {source}")]
+    Admin {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The database.
     #[error("database ({url}): {source}")]
     Store {
@@ -74,6 +89,56 @@ pub struct App {
     pub config: Arc<Config>,
     /// Registrations (and, through it, the store).
     pub location: Arc<crate::store::LocationService>,
+    /// The proxy core's handle (admin requests, drain).
+    pub proxy: Arc<shell::ProxyHandle>,
+    /// Metrics (Prometheus registry, OTLP export).
+    pub metrics: Arc<Metrics>,
+    /// The admin listener, when enabled.
+    pub admin: Option<AdminServer>,
+    /// rtpengine, when media is bridged.
+    pub media: Option<crate::media::Media>,
+    reloader: Reloader,
+}
+
+/// What a reload re-reads. SIGHUP and `POST /api/reload` run this same
+/// code ([`App::reload`] and the admin API hold clones).
+#[derive(Clone, Default)]
+pub struct Reloader {
+    tls: Option<Arc<rtcgate_certs::ReloadingCertResolver>>,
+}
+
+impl Reloader {
+    /// Reloads everything that can change at run time (today: the
+    /// certificate); each part reports on its own, a failed part keeps its
+    /// old state.
+    pub fn reload(&self) -> ReloadReport {
+        let mut report = ReloadReport::default();
+        if let Some(r) = &self.tls {
+            report.push(
+                "certificate",
+                match r.reload_now() {
+                    Ok(outcome) => {
+                        tracing::info!(?outcome, "certificate reloaded");
+                        Ok(format!("{outcome:?}"))
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "certificate reload failed; keeping the old one");
+                        Err(e.to_string())
+                    }
+                },
+            );
+        }
+        report
+    }
+}
+
+/// How a graceful shutdown went.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Calls still up at the deadline, hung up by rtcgate.
+    pub calls_hung_up: usize,
+    /// WebSocket connections closed with 1001 Going Away.
+    pub flows_closed: usize,
 }
 
 impl App {
@@ -121,6 +186,11 @@ impl App {
         });
         let (ws_algorithms, udp_algorithms) = config.auth.algorithm_orders();
         let media_enabled = config.rtpengine.enabled;
+        let counters = Arc::new(SipCounters::default());
+        let ops = shell::Ops {
+            counters: counters.clone(),
+            trace_ids: config.telemetry.otlp_endpoint.is_some(),
+        };
         let media = if media_enabled {
             let (media, events) = crate::media::Media::start(config.rtpengine.clone())
                 .await
@@ -133,6 +203,7 @@ impl App {
             Some((m, e)) => (Some(m), Some(e)),
             None => (None, None),
         };
+        let media_handle = media.clone();
         let services = Arc::new(shell::Services {
             ws_algorithms,
             udp_algorithms,
@@ -156,6 +227,8 @@ impl App {
         );
         let cfg = config.clone();
         let router_location = location.clone();
+        let mut proxy_handle = None;
+        let handle_slot = &mut proxy_handle;
         let server = Server::start(
             &config,
             tls.as_ref().map(|t| t.server_config.clone()),
@@ -188,42 +261,158 @@ impl App {
                             .then(|| std::time::Duration::from_secs(cfg.sip.max_call_duration_s)),
                     },
                     local,
-                    Arc::new(StaticRouter::new(
+                    Arc::new(TracedRouter(Arc::new(StaticRouter::new(
                         cfg.routes.clone(),
                         Some(Arc::new(StoreLocation::new(
                             router_location,
                             cfg.general.domains.clone(),
                         ))),
-                    )),
+                    )))),
                     true,
                     Arc::new(transports.clone()),
                 );
-                shell::spawn(proxy, transports, Some(services), media_events)
+                let handle =
+                    shell::spawn_with(proxy, transports, Some(services), media_events, ops);
+                *handle_slot = Some(handle.clone());
+                handle
             },
         )
         .await?;
+        let Some(proxy) = proxy_handle else {
+            unreachable!("Server::start always builds the handler");
+        };
+        // PBX destination sets (routing::RoutingService) are wired by the
+        // routing work; until then the metrics and /api/sets show none.
+        let routing: Option<crate::routing::RoutingHandle> = None;
+        let metrics = Arc::new(Metrics::new(
+            &config.telemetry,
+            MetricSources::new(
+                server.transports.clone(),
+                location.clone(),
+                proxy.clone(),
+                media_handle.clone(),
+                routing,
+            ),
+        )?);
+        let reloader = Reloader {
+            tls: tls.as_ref().map(|t| t.resolver.clone()),
+        };
+        let admin = if config.admin.enabled {
+            let r = reloader.clone();
+            let ctx = Arc::new(AdminContext {
+                metrics: metrics.clone(),
+                reload: Arc::new(move || r.reload()),
+                token: config.admin.token.clone(),
+                node_id: config.general.node_id.clone(),
+                started: std::time::Instant::now(),
+            });
+            let addr = config.admin.listen;
+            Some(
+                AdminServer::start(addr, ctx)
+                    .await
+                    .map_err(|source| AppError::Admin { addr, source })?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             server,
             tls,
             config,
             location,
+            proxy,
+            metrics,
+            admin,
+            media: media_handle,
+            reloader,
         })
     }
 
-    /// Re-reads what can change at run time (today: the certificate).
-    pub fn reload(&self) {
-        if let Some(t) = &self.tls {
-            match t.resolver.reload_now() {
-                Ok(outcome) => tracing::info!(?outcome, "certificate reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "certificate reload failed; keeping the old one")
-                }
-            }
-        }
+    /// The admin listener's address, when it runs.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
     }
 
-    /// Stops the listeners.
+    /// Re-reads what can change at run time (SIGHUP, `POST /api/reload`).
+    pub fn reload(&self) -> ReloadReport {
+        self.reloader.reload()
+    }
+
+    /// Graceful shutdown, step by step: no new WebSocket connections, new
+    /// requests answered 503 (Retry-After), idle WebSocket flows closed
+    /// with 1001 Going Away as soon as nothing is pending on them, calls
+    /// left to end by themselves until `timeout`; then the remaining calls
+    /// are hung up and their media deleted.
+    pub async fn drain(&mut self, timeout: Duration) -> DrainReport {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let retry_after = u32::try_from(timeout.as_secs().max(5)).unwrap_or(u32::MAX);
+        self.server.stop_accepting();
+        self.proxy.set_draining(Some(retry_after));
+        tracing::info!(
+            timeout_s = timeout.as_secs(),
+            "draining: no new calls, waiting for active ones"
+        );
+        let mut report = DrainReport::default();
+        let transports = self.server.transports.clone();
+        let close_idle = |report: &mut DrainReport, busy: &std::collections::HashSet<u64>| {
+            for flow in transports.flow_ids() {
+                if !busy.contains(&flow) && transports.close_flow(flow) {
+                    report.flows_closed += 1;
+                }
+            }
+        };
+        loop {
+            let busy = self.proxy.busy_flows().await.unwrap_or_default();
+            close_idle(&mut report, &busy);
+            let Some(s) = self.proxy.snapshot().await else {
+                break;
+            };
+            if s.dialogs_confirmed + s.dialogs_early == 0 && s.pending_requests == 0 {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let calls = self.proxy.calls().await.unwrap_or_default();
+                tracing::warn!(
+                    calls = calls.len(),
+                    "drain timeout: hanging up the remaining calls"
+                );
+                for c in &calls {
+                    if self.proxy.hangup(&c.call_id).await.is_some() {
+                        report.calls_hung_up += 1;
+                    }
+                }
+                // Give the BYEs and CANCELs a moment to be answered.
+                for _ in 0..20 {
+                    match self.proxy.snapshot().await {
+                        Some(s) if s.pending_requests > 0 => {
+                            tokio::time::sleep(Duration::from_millis(100)).await
+                        }
+                        _ => break,
+                    }
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        close_idle(&mut report, &Default::default());
+        if let Some(m) = &self.media {
+            let deleted = m.shutdown().await;
+            if deleted > 0 {
+                tracing::info!(deleted, "media deleted in rtpengine at shutdown");
+            }
+        }
+        // Let the flow tasks send their close frames.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tracing::info!(?report, "drained");
+        report
+    }
+
+    /// Stops the listeners and the exporters.
     pub fn shutdown(self) {
+        if let Some(a) = self.admin {
+            a.shutdown();
+        }
+        self.metrics.shutdown();
         self.server.shutdown();
     }
 }

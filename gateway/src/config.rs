@@ -69,6 +69,10 @@ pub struct Config {
     pub registrar: Registrar,
     /// rtpengine and the media policy (`[rtpengine]`).
     pub rtpengine: crate::media::MediaConfig,
+    /// The admin listener: metrics and the JSON API (`[admin]`).
+    pub admin: crate::admin::AdminConfig,
+    /// Traces and metrics export (`[telemetry]`).
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// The SQL database (SQLite embedded by default; MariaDB or PostgreSQL by URL).
@@ -244,6 +248,9 @@ pub struct General {
     pub log: String,
     /// Value of the `Server` / `User-Agent` header on messages rtcgate creates.
     pub server_header: String,
+    /// On SIGTERM, how long active calls may go on before rtcgate hangs them
+    /// up and exits, in seconds.
+    pub drain_timeout_s: u64,
 }
 
 impl Default for General {
@@ -253,6 +260,7 @@ impl Default for General {
             domains: vec!["localhost".into(), "127.0.0.1".into()],
             log: "info".into(),
             server_header: format!("rtcgate/{}", env!("CARGO_PKG_VERSION")),
+            drain_timeout_s: 30,
         }
     }
 }
@@ -614,6 +622,12 @@ impl Config {
         }
         if self.tls.reload_check_ms == 0 {
             return bad("tls.reload_check_ms", "must be positive");
+        }
+        if let Err((key, message)) = self.admin.validate() {
+            return bad(&format!("admin.{key}"), message);
+        }
+        if let Err((key, message)) = self.telemetry.validate() {
+            return bad(&format!("telemetry.{key}"), message);
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 
 pub mod dialog;
 pub mod location;
+pub mod ops;
 pub mod route;
 pub mod routing;
 pub mod shell;
@@ -292,6 +293,10 @@ pub struct ProxyStats {
     pub local_responses: [u64; 7],
     /// Loops detected (482).
     pub loops: u64,
+    /// Initial INVITEs forwarded (call attempts).
+    pub call_attempts: u64,
+    /// Initial INVITEs by final outcome.
+    pub calls: ops::CallOutcomes,
 }
 
 /// The proxy core.
@@ -321,6 +326,8 @@ pub struct Proxy {
     sends: VecDeque<(Destination, Bytes)>,
     seq: u64,
     stats: ProxyStats,
+    /// Shutting down: new requests get 503 with this Retry-After.
+    draining: Option<u32>,
 }
 
 /// What the shell must send.
@@ -365,6 +372,7 @@ impl Proxy {
             sends: VecDeque::new(),
             seq: 0,
             stats: ProxyStats::default(),
+            draining: None,
         }
     }
 
@@ -508,10 +516,12 @@ impl Proxy {
         let targets = match self.router.route(&req, &facts, &source) {
             Decision::Forward(t) if !t.is_empty() => t,
             Decision::Forward(_) => {
+                self.count_rejected(&req);
                 self.reply(now, key, &req, 480, Some("Temporarily Unavailable"));
                 return;
             }
             Decision::Reject(code, reason) => {
+                self.count_rejected(&req);
                 self.reply(now, key, &req, code, Some(reason));
                 return;
             }
@@ -810,6 +820,10 @@ impl Proxy {
             self.reply(now, key, &req, 482, None);
             return;
         }
+        if self.draining.is_some() && to_tag.is_none() && req.method != rsip::Method::Options {
+            self.refuse_draining(now, key, &req);
+            return;
+        }
         // Route processing (§16.4): pop our own entries; the last one popped
         // faces the next hop.
         let mut routes = route::routes(&req);
@@ -1097,8 +1111,14 @@ impl Proxy {
             } else {
                 (430, "Flow Failed")
             };
+            if initial {
+                self.count_rejected(&req);
+            }
             self.reply(now, key, &req, code, Some(reason));
             return;
+        }
+        if initial && req.method == rsip::Method::Invite {
+            self.stats.call_attempts += 1;
         }
         self.forwards.insert(key, fwd);
     }
@@ -1517,9 +1537,13 @@ impl Proxy {
             200..=299 => {
                 // Every 2xx goes upstream, even after another branch's 2xx
                 // (§16.7 step 5).
+                let first_final = !fwd.final_sent;
                 fwd.final_sent = true;
                 let initial =
                     tag_of_header(&fwd.request, |h| matches!(h, rsip::Header::To(_))).is_none();
+                if is_invite && initial && first_final {
+                    self.stats.calls.record(code);
+                }
                 let _ = self.txns.send_response(now, &skey, &resp);
                 if is_invite {
                     if initial {
@@ -1559,6 +1583,9 @@ impl Proxy {
         let initial_invite = fwd.method == rsip::Method::Invite
             && tag_of_header(&fwd.request, |h| matches!(h, rsip::Header::To(_))).is_none();
         let call_id = call_id_of(&fwd.request.headers);
+        if initial_invite {
+            self.stats.calls.record(best.status_code.code());
+        }
         if initial_invite && self.early.remove(&call_id) {
             let status = best.status_code.code();
             self.dialog_event(call_id.clone(), dialog::DialogEventKind::Failed { status });
