@@ -281,3 +281,7 @@ impl Proxy {
         out
     }
 }
+
+#[cfg(test)]
+#[path = "ops_tests.rs"]
+mod tests;
