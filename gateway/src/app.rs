@@ -3,12 +3,16 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::admin::api::ReloadReport;
+use crate::admin::{AdminContext, AdminServer};
 use crate::config::Config;
 use crate::proxy::location::StoreLocation;
 use crate::proxy::route::Local;
 use crate::proxy::{Proxy, ProxyConfig, shell};
 use crate::server::{Server, StartError};
+use crate::telemetry::{MetricSources, Metrics, MetricsError, SipCounters, TracedRouter};
 use crate::tls::{self, TlsError, TlsSetup};
 use crate::transaction::{TimerConfig, TransactionConfig};
 
@@ -27,6 +31,17 @@ pub enum AppError {
     /// PBX routing.
     #[error("routing: {0}")]
     Routing(#[from] crate::routing::RoutingError),
+    /// Metrics could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// The admin listener could not be bound.
+    #[error("cannot listen on {addr} (admin): {source}")]
+    Admin {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The database.
     #[error("database ({url}): {source}")]
     Store {
@@ -101,32 +116,85 @@ pub struct App {
     pub accounting: Option<crate::accounting::Accounting>,
     /// PBX sets, rules and their health.
     pub routing: crate::routing::RoutingService,
-    /// The file the configuration came from (what a reload re-reads).
-    pub config_path: Option<PathBuf>,
+    /// The proxy core's handle (admin requests, drain).
+    pub proxy: Arc<shell::ProxyHandle>,
+    /// Metrics (Prometheus registry, OTLP export).
+    pub metrics: Arc<Metrics>,
+    /// The admin listener, when enabled.
+    pub admin: Option<AdminServer>,
+    /// rtpengine, when media is bridged.
+    pub media: Option<crate::media::Media>,
+    reloader: Reloader,
 }
 
-/// Why a reload was refused (the running configuration stays).
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    /// The file is unreadable or invalid.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    /// The routing part was refused.
-    #[error(transparent)]
-    Routing(#[from] crate::routing::RoutingConfigError),
+/// What a reload re-reads. SIGHUP and `POST /api/reload` run this same
+/// code ([`App::reload`] and the admin API hold clones).
+#[derive(Clone, Default)]
+pub struct Reloader {
+    tls: Option<Arc<rtcgate_certs::ReloadingCertResolver>>,
+    routing: Option<crate::routing::RoutingHandle>,
+    /// The file the configuration came from (set by `rtcgate run`).
+    config_path: Arc<std::sync::Mutex<Option<PathBuf>>>,
 }
 
-/// What a reload changed.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct ReloadReport {
-    /// Routing sets now configured (0 when the file was not re-read).
-    pub sets: usize,
-    /// Routing rules now configured.
-    pub rules: usize,
-    /// Whether the configuration file was re-read.
-    pub config_reread: bool,
-    /// The certificate outcome, or the error that kept the old one.
-    pub certificate: Option<String>,
+impl Reloader {
+    /// Reloads everything that can change at run time: routing (sets,
+    /// rules) from the configuration file, and the certificate. Each part
+    /// reports on its own; a failed part keeps its old state.
+    pub fn reload(&self) -> ReloadReport {
+        let mut report = ReloadReport::default();
+        let path = self
+            .config_path
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        if let (Some(path), Some(routing)) = (path, &self.routing) {
+            let result = crate::config::Config::load(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|fresh| {
+                    routing
+                        .reload(&fresh.effective_routing())
+                        .map_err(|e| e.to_string())
+                        .map(|()| {
+                            format!(
+                                "{} sets, {} rules from {}",
+                                fresh.routing.sets.len(),
+                                fresh.routing.rules.len(),
+                                path.display()
+                            )
+                        })
+                });
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "routing reload refused; the running routing stays");
+            }
+            report.push("routing", result);
+        }
+        if let Some(r) = &self.tls {
+            report.push(
+                "certificate",
+                match r.reload_now() {
+                    Ok(outcome) => {
+                        tracing::info!(?outcome, "certificate reloaded");
+                        Ok(format!("{outcome:?}"))
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "certificate reload failed; keeping the old one");
+                        Err(e.to_string())
+                    }
+                },
+            );
+        }
+        report
+    }
+}
+
+/// How a graceful shutdown went.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Calls still up at the deadline, hung up by rtcgate.
+    pub calls_hung_up: usize,
+    /// WebSocket connections closed with 1001 Going Away.
+    pub flows_closed: usize,
 }
 
 impl App {
@@ -177,6 +245,11 @@ impl App {
         });
         let (ws_algorithms, udp_algorithms) = config.auth.algorithm_orders();
         let media_enabled = config.rtpengine.enabled;
+        let counters = Arc::new(SipCounters::default());
+        let ops = shell::Ops {
+            counters: counters.clone(),
+            trace_ids: config.telemetry.otlp_endpoint.is_some(),
+        };
         let media = if media_enabled {
             let (media, events) = crate::media::Media::start(config.rtpengine.clone())
                 .await
@@ -192,6 +265,7 @@ impl App {
         if let (Some(m), Some(a)) = (&media, &accounting) {
             m.report_deleted_calls(a.media_sink());
         }
+        let media_handle = media.clone();
         let services = Arc::new(shell::Services {
             ws_algorithms,
             udp_algorithms,
@@ -232,6 +306,8 @@ impl App {
         );
         let cfg = config.clone();
         let router_location = location.clone();
+        let mut proxy_handle = None;
+        let handle_slot = &mut proxy_handle;
         let server = Server::start(
             &config,
             tls.as_ref().map(|t| t.server_config.clone()),
@@ -264,20 +340,59 @@ impl App {
                             .then(|| std::time::Duration::from_secs(cfg.sip.max_call_duration_s)),
                     },
                     local,
-                    Arc::new(crate::routing::RoutingRouter::new(
+                    Arc::new(TracedRouter(Arc::new(crate::routing::RoutingRouter::new(
                         routing_handle,
                         Some(Arc::new(StoreLocation::new(
                             router_location,
                             cfg.general.domains.clone(),
                         ))),
-                    )),
+                    )))),
                     true,
                     Arc::new(transports.clone()),
                 );
-                shell::spawn(proxy, transports, Some(services), media_events)
+                let handle =
+                    shell::spawn_with(proxy, transports, Some(services), media_events, ops);
+                *handle_slot = Some(handle.clone());
+                handle
             },
         )
         .await?;
+        let Some(proxy) = proxy_handle else {
+            unreachable!("Server::start always builds the handler");
+        };
+        let metrics = Arc::new(Metrics::new(
+            &config.telemetry,
+            MetricSources::new(
+                server.transports.clone(),
+                location.clone(),
+                proxy.clone(),
+                media_handle.clone(),
+                Some(routing.handle()),
+            ),
+        )?);
+        let reloader = Reloader {
+            tls: tls.as_ref().map(|t| t.resolver.clone()),
+            routing: Some(routing.handle()),
+            config_path: Arc::default(),
+        };
+        let admin = if config.admin.enabled {
+            let r = reloader.clone();
+            let ctx = Arc::new(AdminContext {
+                metrics: metrics.clone(),
+                reload: Arc::new(move || r.reload()),
+                token: config.admin.token.clone(),
+                node_id: config.general.node_id.clone(),
+                started: std::time::Instant::now(),
+            });
+            let addr = config.admin.listen;
+            Some(
+                AdminServer::start(addr, ctx)
+                    .await
+                    .map_err(|source| AppError::Admin { addr, source })?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             server,
             tls,
@@ -285,41 +400,106 @@ impl App {
             location,
             accounting,
             routing,
-            config_path: None,
+            proxy,
+            metrics,
+            admin,
+            media: media_handle,
+            reloader,
         })
     }
 
-    /// Re-reads what can change at run time (SIGHUP, the admin API): the
-    /// routing from the configuration file (when there is one) and the
-    /// certificate. Other changed keys need a restart. On error nothing
-    /// changes.
-    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
-        let mut report = ReloadReport::default();
-        if let Some(path) = &self.config_path {
-            let fresh = crate::config::Config::load(path)?;
-            let routing = fresh.effective_routing();
-            self.routing.handle().reload(&routing)?;
-            report.config_reread = true;
-            report.sets = fresh.routing.sets.len();
-            report.rules = fresh.routing.rules.len();
-        }
-        if let Some(t) = &self.tls {
-            report.certificate = Some(match t.resolver.reload_now() {
-                Ok(outcome) => {
-                    tracing::info!(?outcome, "certificate reloaded");
-                    format!("{outcome:?}")
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "certificate reload failed; keeping the old one");
-                    format!("error: {e}")
-                }
-            });
-        }
-        Ok(report)
+    /// The admin listener's address, when it runs.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
     }
 
-    /// Stops the listeners.
+    /// Which file a reload re-reads (`rtcgate run --config`).
+    pub fn set_config_path(&self, path: Option<PathBuf>) {
+        if let Ok(mut p) = self.reloader.config_path.lock() {
+            *p = path;
+        }
+    }
+
+    /// Re-reads what can change at run time (SIGHUP, `POST /api/reload`).
+    pub fn reload(&self) -> ReloadReport {
+        self.reloader.reload()
+    }
+
+    /// Graceful shutdown, step by step: no new WebSocket connections, new
+    /// requests answered 503 (Retry-After), idle WebSocket flows closed
+    /// with 1001 Going Away as soon as nothing is pending on them, calls
+    /// left to end by themselves until `timeout`; then the remaining calls
+    /// are hung up and their media deleted.
+    pub async fn drain(&mut self, timeout: Duration) -> DrainReport {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let retry_after = u32::try_from(timeout.as_secs().max(5)).unwrap_or(u32::MAX);
+        self.server.stop_accepting();
+        self.proxy.set_draining(Some(retry_after));
+        tracing::info!(
+            timeout_s = timeout.as_secs(),
+            "draining: no new calls, waiting for active ones"
+        );
+        let mut report = DrainReport::default();
+        let transports = self.server.transports.clone();
+        let close_idle = |report: &mut DrainReport, busy: &std::collections::HashSet<u64>| {
+            for flow in transports.flow_ids() {
+                if !busy.contains(&flow) && transports.close_flow(flow) {
+                    report.flows_closed += 1;
+                }
+            }
+        };
+        loop {
+            let busy = self.proxy.busy_flows().await.unwrap_or_default();
+            close_idle(&mut report, &busy);
+            let Some(s) = self.proxy.snapshot().await else {
+                break;
+            };
+            if s.dialogs_confirmed + s.dialogs_early == 0 && s.pending_requests == 0 {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let calls = self.proxy.calls().await.unwrap_or_default();
+                tracing::warn!(
+                    calls = calls.len(),
+                    "drain timeout: hanging up the remaining calls"
+                );
+                for c in &calls {
+                    if self.proxy.hangup(&c.call_id).await.is_some() {
+                        report.calls_hung_up += 1;
+                    }
+                }
+                // Give the BYEs and CANCELs a moment to be answered.
+                for _ in 0..20 {
+                    match self.proxy.snapshot().await {
+                        Some(s) if s.pending_requests > 0 => {
+                            tokio::time::sleep(Duration::from_millis(100)).await
+                        }
+                        _ => break,
+                    }
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        close_idle(&mut report, &Default::default());
+        if let Some(m) = &self.media {
+            let deleted = m.shutdown().await;
+            if deleted > 0 {
+                tracing::info!(deleted, "media deleted in rtpengine at shutdown");
+            }
+        }
+        // Let the flow tasks send their close frames.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tracing::info!(?report, "drained");
+        report
+    }
+
+    /// Stops the listeners and the exporters.
     pub fn shutdown(self) {
+        if let Some(a) = self.admin {
+            a.shutdown();
+        }
+        self.metrics.shutdown();
         self.server.shutdown();
     }
 }

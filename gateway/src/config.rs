@@ -74,6 +74,10 @@ pub struct Config {
     pub rtpengine: crate::media::MediaConfig,
     /// Call records (`[accounting]`).
     pub accounting: Accounting,
+    /// The admin listener: metrics and the JSON API (`[admin]`).
+    pub admin: crate::admin::AdminConfig,
+    /// Traces and metrics export (`[telemetry]`).
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// Call records: one row per call in `call_records` (`rtcgate cdr list`).
@@ -277,6 +281,9 @@ pub struct General {
     pub log: String,
     /// Value of the `Server` / `User-Agent` header on messages rtcgate creates.
     pub server_header: String,
+    /// On SIGTERM, how long active calls may go on before rtcgate hangs them
+    /// up and exits, in seconds.
+    pub drain_timeout_s: u64,
 }
 
 impl Default for General {
@@ -286,6 +293,7 @@ impl Default for General {
             domains: vec!["localhost".into(), "127.0.0.1".into()],
             log: "info".into(),
             server_header: format!("rtcgate/{}", env!("CARGO_PKG_VERSION")),
+            drain_timeout_s: 30,
         }
     }
 }
@@ -698,6 +706,12 @@ impl Config {
         }
         if a.media_wait_ms > 60_000 {
             return bad("accounting.media_wait_ms", "must be at most 60000");
+        }
+        if let Err((key, message)) = self.admin.validate() {
+            return bad(&format!("admin.{key}"), message);
+        }
+        if let Err((key, message)) = self.telemetry.validate() {
+            return bad(&format!("telemetry.{key}"), message);
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 pub use rsipstack::rsip;
 
 pub mod accounting;
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod routing;
 pub mod server;
 pub mod sip;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod transaction;
 pub mod transport;

@@ -59,6 +59,25 @@ enum Command {
         #[command(subcommand)]
         command: CdrCommand,
     },
+    /// Counters and gauges of the running gateway (admin API).
+    Stats(AdminArgs),
+    /// Live registrations, from the running gateway's cache (admin API).
+    Registrations(AdminArgs),
+    /// Ringing and established calls (admin API).
+    Calls(AdminArgs),
+    /// PBX destination sets and their health (admin API).
+    Sets(AdminArgs),
+    /// rtpengine instances, their health and ng counters (admin API).
+    Rtpengine(AdminArgs),
+    /// Reload the certificate (and what else can change at run time), like SIGHUP (admin API).
+    Reload(AdminArgs),
+    /// Hang up a call: BYE to both sides and rtpengine delete (admin API).
+    Hangup {
+        /// The call's Call-ID (see `rtcgate calls`).
+        call_id: String,
+        #[command(flatten)]
+        args: AdminArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -72,6 +91,23 @@ enum CdrCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// How the CLI reaches the admin API.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Configuration file: the admin address and token are taken from its [admin] section.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Admin API URL (default: from the configuration, else http://127.0.0.1:8089).
+    #[arg(long)]
+    admin: Option<String>,
+    /// Bearer token (default: $RTCGATE_ADMIN_TOKEN, else [admin] token of the configuration).
+    #[arg(long)]
+    token: Option<String>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -169,6 +205,15 @@ fn main() -> ExitCode {
         Command::User { config, command } => admin(config, AdminCommand::User(command)),
         Command::Location { config, command } => admin(config, AdminCommand::Location(command)),
         Command::Cdr { config, command } => admin(config, AdminCommand::Cdr(command)),
+        Command::Stats(a) => api(a, rtcgate::admin::cli::Command::Stats),
+        Command::Registrations(a) => api(a, rtcgate::admin::cli::Command::Registrations),
+        Command::Calls(a) => api(a, rtcgate::admin::cli::Command::Calls),
+        Command::Sets(a) => api(a, rtcgate::admin::cli::Command::Sets),
+        Command::Rtpengine(a) => api(a, rtcgate::admin::cli::Command::Rtpengine),
+        Command::Reload(a) => api(a, rtcgate::admin::cli::Command::Reload),
+        Command::Hangup { call_id, args } => {
+            api(args, rtcgate::admin::cli::Command::Hangup(call_id))
+        }
         Command::Run { config, web_root } => {
             let config_path = config.clone();
             let config = match config {
@@ -181,7 +226,6 @@ fn main() -> ExitCode {
                 },
                 None => Config::default(),
             };
-            init_tracing(&config.general.log);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {
@@ -189,7 +233,50 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run(config, config_path, web_root))
+            let guard = {
+                // The OTLP exporter's gRPC client needs the runtime.
+                let _rt = runtime.enter();
+                rtcgate::telemetry::init_tracing(&config.general.log, &config.telemetry)
+            };
+            let code = runtime.block_on(run(config, config_path, web_root));
+            {
+                let _rt = runtime.enter();
+                guard.shutdown();
+            }
+            code
+        }
+    }
+}
+
+/// A command against the running gateway's admin API.
+fn api(args: AdminArgs, command: rtcgate::admin::cli::Command) -> ExitCode {
+    use rtcgate::admin::client::AdminClient;
+    let config = match load_or_default(args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let url = args
+        .admin
+        .unwrap_or_else(|| AdminClient::url_for(config.admin.listen));
+    let token = args
+        .token
+        .or_else(|| std::env::var("RTCGATE_ADMIN_TOKEN").ok())
+        .or(config.admin.token);
+    let client = match AdminClient::new(&url, token) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rtcgate::admin::cli::run(&command, &client, args.json) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -379,13 +466,8 @@ fn utc(ms: i64) -> String {
     )
 }
 
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
-}
-
 async fn run(config: Config, config_path: Option<PathBuf>, web_root: Option<PathBuf>) -> ExitCode {
+    let drain_timeout = std::time::Duration::from_secs(config.general.drain_timeout_s);
     let mut app = match App::start(config, web_root).await {
         Ok(a) => a,
         Err(e) => {
@@ -394,7 +476,7 @@ async fn run(config: Config, config_path: Option<PathBuf>, web_root: Option<Path
             return ExitCode::FAILURE;
         }
     };
-    app.config_path = config_path;
+    app.set_config_path(config_path);
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -407,13 +489,20 @@ async fn run(config: Config, config_path: Option<PathBuf>, web_root: Option<Path
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
-            _ = hup.recv() => match app.reload() {
-                Ok(report) => tracing::info!(?report, "reloaded"),
-                Err(e) => tracing::error!(error = %e, "reload refused; the running configuration stays"),
-            },
+            _ = hup.recv() => {
+                let report = app.reload();
+                tracing::info!(ok = report.ok(), ?report, "SIGHUP reload");
+            }
         }
     }
-    tracing::info!("shutting down");
+    tracing::info!("shutting down (a second SIGTERM or Ctrl-C stops at once)");
+    tokio::select! {
+        report = app.drain(drain_timeout) => {
+            tracing::info!(calls_hung_up = report.calls_hung_up, flows_closed = report.flows_closed, "drain finished");
+        }
+        _ = tokio::signal::ctrl_c() => tracing::warn!("drain interrupted"),
+        _ = term.recv() => tracing::warn!("drain interrupted"),
+    }
     if let Some(a) = &app.accounting
         && !a.flush(std::time::Duration::from_secs(5)).await
     {

@@ -51,6 +51,8 @@ pub struct Server {
     /// The send side of the transports.
     pub transports: Transports,
     tasks: Vec<JoinHandle<()>>,
+    /// The WebSocket/HTTP accept loops (stopped first when draining).
+    accept_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Server {
@@ -122,6 +124,7 @@ impl Server {
             ws_addrs: Vec::new(),
             transports: transports.clone(),
             tasks: Vec::new(),
+            accept_tasks: Vec::new(),
         };
         for socket in udp_sockets {
             if let Ok(a) = socket.local_addr() {
@@ -147,7 +150,7 @@ impl Server {
                 }
             }
             let tls = if secure { acceptor.clone() } else { None };
-            server.tasks.push(tokio::spawn(ws::run(
+            server.accept_tasks.push(tokio::spawn(ws::run(
                 listener,
                 tls,
                 settings.clone(),
@@ -158,8 +161,17 @@ impl Server {
         Ok(server)
     }
 
+    /// Closes the WebSocket/HTTP listening sockets; open connections and
+    /// UDP keep working (the first step of a graceful shutdown).
+    pub fn stop_accepting(&mut self) {
+        for t in self.accept_tasks.drain(..) {
+            t.abort();
+        }
+    }
+
     /// Stops every listener task.
-    pub fn shutdown(self) {
+    pub fn shutdown(mut self) {
+        self.stop_accepting();
         for t in self.tasks {
             t.abort();
         }

@@ -208,6 +208,9 @@ allowed_origins = ["${origin}", "https://localhost:${port}"]
 [database]
 url = "sqlite://${join(dir, "rtcgate.db")}?mode=rwc"
 
+[admin]
+listen = "127.0.0.1:0"
+
 [tls]
 cert = "${join(certDir, "cert.pem")}"
 key = "${join(certDir, "key.pem")}"

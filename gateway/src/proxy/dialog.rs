@@ -268,6 +268,11 @@ impl Dialogs {
         self.by_flow.get(&flow).cloned().unwrap_or_default()
     }
 
+    /// Every dialog, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Dialog> {
+        self.by_call.values()
+    }
+
     /// A dialog by Call-ID.
     pub fn get(&self, call_id: &str) -> Option<&Dialog> {
         self.by_call.get(call_id)

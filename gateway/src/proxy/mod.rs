@@ -6,6 +6,7 @@
 
 pub mod dialog;
 pub mod location;
+pub mod ops;
 pub mod route;
 pub mod routing;
 pub mod shell;
@@ -318,6 +319,10 @@ pub struct ProxyStats {
     pub local_responses: [u64; 7],
     /// Loops detected (482).
     pub loops: u64,
+    /// Initial INVITEs forwarded (call attempts).
+    pub call_attempts: u64,
+    /// Initial INVITEs by final outcome.
+    pub calls: ops::CallOutcomes,
 }
 
 /// The proxy core.
@@ -354,6 +359,8 @@ pub struct Proxy {
     sends: VecDeque<(Destination, Bytes)>,
     seq: u64,
     stats: ProxyStats,
+    /// Shutting down: new requests get 503 with this Retry-After.
+    draining: Option<u32>,
 }
 
 /// What the shell must send.
@@ -401,6 +408,7 @@ impl Proxy {
             sends: VecDeque::new(),
             seq: 0,
             stats: ProxyStats::default(),
+            draining: None,
         }
     }
 
@@ -586,6 +594,7 @@ impl Proxy {
         let targets = match self.router.route(&req, &facts, &source) {
             Decision::Forward(t) if !t.is_empty() => t,
             Decision::Forward(_) => {
+                self.count_rejected(&req);
                 self.call_rejected(now, &req, &source, 480);
                 self.reply(now, key, &req, 480, Some("Temporarily Unavailable"));
                 return;
@@ -604,6 +613,7 @@ impl Proxy {
                 return;
             }
             Decision::Reject(code, reason) => {
+                self.count_rejected(&req);
                 self.call_rejected(now, &req, &source, code);
                 self.reply(now, key, &req, code, Some(reason));
                 return;
@@ -1081,6 +1091,10 @@ impl Proxy {
             self.reply(now, key, &req, 482, None);
             return;
         }
+        if self.draining.is_some() && to_tag.is_none() && req.method != rsip::Method::Options {
+            self.refuse_draining(now, key, &req);
+            return;
+        }
         // Route processing (§16.4): pop our own entries; the last one popped
         // faces the next hop.
         let mut routes = route::routes(&req);
@@ -1284,9 +1298,15 @@ impl Proxy {
                 (430, "Flow Failed")
             };
             let request = fwd.request;
+            if initial {
+                self.count_rejected(&request);
+            }
             self.call_failed(now, call_id_of(&request.headers), code, Vec::new());
             self.reply(now, key, &request, code, Some(reason));
             return;
+        }
+        if initial && fwd.method == rsip::Method::Invite {
+            self.stats.call_attempts += 1;
         }
         self.forwards.insert(key, fwd);
     }
@@ -1815,9 +1835,13 @@ impl Proxy {
             200..=299 => {
                 // Every 2xx goes upstream, even after another branch's 2xx
                 // (§16.7 step 5).
+                let first_final = !fwd.final_sent;
                 fwd.final_sent = true;
                 let initial =
                     tag_of_header(&fwd.request, |h| matches!(h, rsip::Header::To(_))).is_none();
+                if is_invite && initial && first_final {
+                    self.stats.calls.record(code);
+                }
                 let _ = self.txns.send_response(now, &skey, &resp);
                 if is_invite {
                     if initial {
@@ -1883,6 +1907,7 @@ impl Proxy {
             && tag_of_header(&fwd.request, |h| matches!(h, rsip::Header::To(_))).is_none();
         let call_id = call_id_of(&fwd.request.headers);
         if initial_invite {
+            self.stats.calls.record(best.status_code.code());
             let status = best.status_code.code();
             // Every destination the INVITE went to (serial failover adds branches).
             let tried = fwd

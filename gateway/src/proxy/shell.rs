@@ -3,22 +3,46 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tracing::Instrument;
 
+use super::ops::{CallView, HangupOutcome, ProxySnapshot};
 use super::{MediaFailure, MediaMsg, MediaTask, Proxy, Task, TaskResult};
 use crate::auth::DigestAuth;
 use crate::media::{Media, MediaError, SdpContext};
 use crate::registrar::{self, RegisterContext, RegistrarConfig};
 use crate::sip::Checked;
 use crate::store::LocationService;
+use crate::telemetry::{CallTraces, SipCounters, TRACE_TARGET};
 use crate::transport::{FlowId, Handler, Source, Transports};
 
 enum Event {
     Message(Source, Box<Checked>),
     FlowClosed(FlowId),
-    TaskDone(TaskResult),
+    /// A task's outcome, with the span of the call it belongs to.
+    TaskDone(Box<TaskResult>, Option<tracing::Span>),
     MediaTearDown(String),
+    Admin(AdminRequest),
+}
+
+/// Requests from the admin API and the shutdown sequence.
+enum AdminRequest {
+    Snapshot(oneshot::Sender<ProxySnapshot>),
+    Calls(oneshot::Sender<Vec<CallView>>),
+    Hangup(String, oneshot::Sender<HangupOutcome>),
+    Drain(Option<u32>),
+    BusyFlows(oneshot::Sender<std::collections::HashSet<FlowId>>),
+}
+
+/// What the shell feeds besides the proxy: message counters and whether
+/// call spans carry their OpenTelemetry trace id.
+#[derive(Debug, Clone, Default)]
+pub struct Ops {
+    /// Requests, responses and REGISTER outcomes.
+    pub counters: Arc<SipCounters>,
+    /// Record the trace id in each call span (traces are exported).
+    pub trace_ids: bool,
 }
 
 /// What the shell needs to run the proxy's tasks.
@@ -63,7 +87,8 @@ fn failure(e: &MediaError) -> MediaFailure {
 async fn run_media(media: &Media, task: MediaTask) -> Option<TaskResult> {
     match task {
         MediaTask::Offer { key, branch, msg } => {
-            let result = media.offer(&ctx(&msg)).await.map_err(|e| {
+            let span = tracing::debug_span!(target: TRACE_TARGET, "ng.offer");
+            let result = media.offer(&ctx(&msg)).instrument(span).await.map_err(|e| {
                 tracing::warn!(call_id = %msg.call_id, error = %e, "media offer failed");
                 failure(&e)
             });
@@ -80,7 +105,8 @@ async fn run_media(media: &Media, task: MediaTask) -> Option<TaskResult> {
             msg,
         } => {
             let status = response.status_code.code();
-            match media.answer(&ctx(&msg), status).await {
+            let span = tracing::debug_span!(target: TRACE_TARGET, "ng.answer", status);
+            match media.answer(&ctx(&msg), status).instrument(span).await {
                 Ok(sdp) => crate::sip::replace_body(&mut response.headers, &mut response.body, sdp),
                 Err(e) => {
                     // The SDP cannot reach the other side unbridged.
@@ -114,7 +140,8 @@ async fn run_media(media: &Media, task: MediaTask) -> Option<TaskResult> {
             None
         }
         MediaTask::Terminate { call_id, reason } => {
-            media.terminate(&call_id, reason).await;
+            let span = tracing::debug_span!(target: TRACE_TARGET, "ng.delete", reason = %reason);
+            media.terminate(&call_id, reason).instrument(span).await;
             None
         }
         MediaTask::WsDropped { call_id } => {
@@ -144,7 +171,29 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-async fn run_task(services: &Services, task: Task) -> Option<TaskResult> {
+/// The Call-ID a task works for (to run it in the call's span).
+fn task_call_id(task: &Task) -> Option<&str> {
+    match task {
+        Task::Media(
+            MediaTask::Offer { msg, .. }
+            | MediaTask::Answer { msg, .. }
+            | MediaTask::NoSdpInvite { msg }
+            | MediaTask::AckAnswer { msg, .. },
+        ) => Some(&msg.call_id),
+        Task::Media(
+            MediaTask::Final { call_id, .. }
+            | MediaTask::Terminate { call_id, .. }
+            | MediaTask::WsDropped { call_id },
+        ) => Some(call_id),
+        Task::Authenticate { request, .. } => request.headers.iter().find_map(|h| match h {
+            crate::rsip::Header::CallId(c) => Some(c.value().trim()),
+            _ => None,
+        }),
+        Task::Register { .. } => None,
+    }
+}
+
+async fn run_task(services: &Services, task: Task, counters: &SipCounters) -> Option<TaskResult> {
     match task {
         Task::Media(m) => match &services.media {
             Some(media) => run_media(media, m).await,
@@ -159,6 +208,10 @@ async fn run_task(services: &Services, task: Task) -> Option<TaskResult> {
                 Source::Udp { .. } => &services.udp_algorithms,
                 Source::Ws { .. } => &services.ws_algorithms,
             };
+            let span = tracing::debug_span!(
+                target: TRACE_TARGET, "auth",
+                method = %request.method, outcome = tracing::field::Empty
+            );
             let result = registrar::authenticate_request_ordered(
                 &services.auth,
                 services.location.store(),
@@ -166,8 +219,16 @@ async fn run_task(services: &Services, task: Task) -> Option<TaskResult> {
                 unix_now(),
                 order,
             )
+            .instrument(span.clone())
             .await
             .map(|ok| ok.username);
+            match &result {
+                Ok(user) => span.record("outcome", tracing::field::display(user)),
+                Err(resp) => span.record("outcome", resp.status_code.code()),
+            };
+            if let (crate::rsip::Method::Register, Err(resp)) = (request.method, &result) {
+                counters.register.add(resp.status_code.code());
+            }
             Some(TaskResult::Authenticated { key, result })
         }
         Task::Register {
@@ -190,18 +251,63 @@ async fn run_task(services: &Services, task: Task) -> Option<TaskResult> {
             let response =
                 registrar::handle_register(&services.location, &services.registrar, &request, &ctx)
                     .await;
+            counters.register.add(response.status_code.code());
             Some(TaskResult::Registered { key, response })
         }
     }
 }
 
-/// The transports' handler: queues everything for the core task.
+/// The transports' handler: queues everything for the core task. Also the
+/// way in for the admin API (snapshots, calls, hangup, drain).
 pub struct ProxyHandle {
     tx: mpsc::UnboundedSender<Event>,
+    counters: Arc<SipCounters>,
+}
+
+impl ProxyHandle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> AdminRequest) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Event::Admin(make(tx))).ok()?;
+        rx.await.ok()
+    }
+
+    /// The proxy's counters and gauges (`None`: the core task is gone).
+    pub async fn snapshot(&self) -> Option<ProxySnapshot> {
+        self.ask(AdminRequest::Snapshot).await
+    }
+
+    /// Ringing and established calls.
+    pub async fn calls(&self) -> Option<Vec<CallView>> {
+        self.ask(AdminRequest::Calls).await
+    }
+
+    /// Hangs a call up (BYE both sides, or CANCEL while ringing).
+    pub async fn hangup(&self, call_id: &str) -> Option<HangupOutcome> {
+        let id = call_id.to_owned();
+        self.ask(|tx| AdminRequest::Hangup(id, tx)).await
+    }
+
+    /// Refuses new requests with 503 and this Retry-After (`None`: accept).
+    pub fn set_draining(&self, retry_after: Option<u32>) {
+        let _ = self.tx.send(Event::Admin(AdminRequest::Drain(retry_after)));
+    }
+
+    /// WebSocket flows still used by a call or a pending request.
+    pub async fn busy_flows(&self) -> Option<std::collections::HashSet<FlowId>> {
+        self.ask(AdminRequest::BusyFlows).await
+    }
+
+    /// The message counters.
+    pub fn counters(&self) -> &Arc<SipCounters> {
+        &self.counters
+    }
 }
 
 impl Handler for ProxyHandle {
     fn on_message(&self, source: Source, msg: Checked) {
+        if let crate::rsip::SipMessage::Request(r) = &msg.msg {
+            self.counters.request(r.method);
+        }
         let _ = self.tx.send(Event::Message(source, Box::new(msg)));
     }
 
@@ -216,6 +322,17 @@ pub fn spawn(
     transports: Transports,
     services: Option<Arc<Services>>,
     media_events: Option<mpsc::UnboundedReceiver<crate::media::MediaEvent>>,
+) -> Arc<ProxyHandle> {
+    spawn_with(proxy, transports, services, media_events, Ops::default())
+}
+
+/// [`spawn`] with the operations hooks (counters, trace ids).
+pub fn spawn_with(
+    proxy: Proxy,
+    transports: Transports,
+    services: Option<Arc<Services>>,
+    media_events: Option<mpsc::UnboundedReceiver<crate::media::MediaEvent>>,
+    ops: Ops,
 ) -> Arc<ProxyHandle> {
     let (tx, rx) = mpsc::unbounded_channel();
     if let Some(mut events) = media_events {
@@ -233,8 +350,9 @@ pub fn spawn(
     if let Some(s) = &services {
         tokio::spawn(purge_loop(s.clone()));
     }
-    tokio::spawn(run(proxy, transports, rx, tx.clone(), services));
-    Arc::new(ProxyHandle { tx })
+    let counters = ops.counters.clone();
+    tokio::spawn(run(proxy, transports, rx, tx.clone(), services, ops));
+    Arc::new(ProxyHandle { tx, counters })
 }
 
 /// Drops expired registrations from the cache and the database.
@@ -254,18 +372,21 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Event>,
     tx: mpsc::UnboundedSender<Event>,
     services: Option<Arc<Services>>,
+    ops: Ops,
 ) {
+    let mut traces = CallTraces::new(ops.trace_ids);
+    let counters = ops.counters;
     loop {
         let deadline = proxy.poll_timeout().map(Instant::from_std);
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
                 let now = std::time::Instant::now();
-                handle(&mut proxy, now, ev, &services);
+                handle(&mut proxy, now, ev, &services, &mut traces);
                 // Take what is already queued before flushing.
                 for _ in 0..64 {
                     match rx.try_recv() {
-                        Ok(ev) => handle(&mut proxy, now, ev, &services),
+                        Ok(ev) => handle(&mut proxy, now, ev, &services, &mut traces),
                         Err(_) => break,
                     }
                 }
@@ -275,32 +396,55 @@ async fn run(
             }
         }
         while let Some(task) = proxy.poll_task() {
-            let (tx, services) = (tx.clone(), services.clone());
-            tokio::spawn(async move {
+            let (tx, services, counters) = (tx.clone(), services.clone(), counters.clone());
+            let span = task_call_id(&task).and_then(|c| traces.span(c));
+            let run = async move {
                 let Some(services) = services else { return };
-                if let Some(result) = run_task(&services, task).await {
-                    let _ = tx.send(Event::TaskDone(result));
+                if let Some(result) = run_task(&services, task, &counters).await {
+                    let _ = tx.send(Event::TaskDone(
+                        Box::new(result),
+                        tracing::Span::current().into(),
+                    ));
                 }
-            });
+            };
+            match span {
+                Some(s) => tokio::spawn(run.instrument(s)),
+                None => tokio::spawn(run),
+            };
         }
         let accounting = services.as_ref().and_then(|s| s.accounting.as_ref());
         while let Some(ev) = proxy.poll_dialog_event() {
             tracing::debug!(call_id = %ev.call_id, kind = ?ev.kind, "dialog");
+            traces.on_event(&ev);
             if let Some(a) = accounting {
                 a.dialog_event(&ev);
             }
         }
         while let Some(send) = proxy.poll_send() {
+            counters.sent(&send.data);
             if let Err(e) = transports.send(send.dest, send.data) {
                 tracing::debug!(error = %e, "send failed");
             }
         }
+        let now = std::time::Instant::now();
+        if traces.sweep_due(now) {
+            traces.sweep(now, &proxy.live_call_ids());
+        }
     }
 }
 
-fn handle(proxy: &mut Proxy, now: std::time::Instant, ev: Event, services: &Option<Arc<Services>>) {
+fn handle(
+    proxy: &mut Proxy,
+    now: std::time::Instant,
+    ev: Event,
+    services: &Option<Arc<Services>>,
+    traces: &mut CallTraces,
+) {
     match ev {
-        Event::Message(source, msg) => proxy.handle_message(now, source, *msg),
+        Event::Message(source, msg) => match traces.message_span(&msg, now) {
+            Some(span) => span.in_scope(|| proxy.handle_message(now, source, *msg)),
+            None => proxy.handle_message(now, source, *msg),
+        },
         Event::FlowClosed(flow) => {
             proxy.flow_closed(now, flow);
             // A registration bound to a WebSocket flow ends with the flow.
@@ -312,8 +456,42 @@ fn handle(proxy: &mut Proxy, now: std::time::Instant, ev: Event, services: &Opti
                 });
             }
         }
-        Event::TaskDone(result) => proxy.task_done(now, result),
-        Event::MediaTearDown(call_id) => proxy.media_teardown(now, &call_id),
+        Event::TaskDone(result, span) => match span {
+            Some(span) => span.in_scope(|| proxy.task_done(now, *result)),
+            None => proxy.task_done(now, *result),
+        },
+        Event::MediaTearDown(call_id) => match traces.span(&call_id) {
+            Some(span) => span.in_scope(|| proxy.media_teardown(now, &call_id)),
+            None => proxy.media_teardown(now, &call_id),
+        },
+        Event::Admin(req) => admin(proxy, now, req, traces),
+    }
+}
+
+fn admin(proxy: &mut Proxy, now: std::time::Instant, req: AdminRequest, traces: &CallTraces) {
+    match req {
+        AdminRequest::Snapshot(reply) => {
+            let _ = reply.send(proxy.snapshot());
+        }
+        AdminRequest::Calls(reply) => {
+            let mut calls = proxy.calls();
+            for c in &mut calls {
+                c.since_ms = traces.since_ms(&c.call_id);
+            }
+            let _ = reply.send(calls);
+        }
+        AdminRequest::Hangup(call_id, reply) => {
+            let outcome = match traces.span(&call_id) {
+                Some(span) => span.in_scope(|| proxy.hangup(now, &call_id)),
+                None => proxy.hangup(now, &call_id),
+            };
+            tracing::info!(%call_id, ?outcome, "hangup requested by the admin API");
+            let _ = reply.send(outcome);
+        }
+        AdminRequest::Drain(retry_after) => proxy.set_draining(retry_after),
+        AdminRequest::BusyFlows(reply) => {
+            let _ = reply.send(proxy.busy_flows());
+        }
     }
 }
 

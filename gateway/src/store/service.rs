@@ -104,6 +104,15 @@ impl LocationService {
         v
     }
 
+    /// Number of bindings alive at `now` (for metrics; no copy is made).
+    pub fn live_count(&self, now: i64) -> usize {
+        self.read()
+            .values()
+            .flatten()
+            .filter(|b| !b.is_expired(now))
+            .count()
+    }
+
     /// Number of cached bindings (expired ones included until purged).
     pub fn len(&self) -> usize {
         self.read().values().map(Vec::len).sum()

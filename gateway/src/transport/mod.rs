@@ -143,6 +143,8 @@ pub struct Counters {
     pub upgrades_refused: AtomicU64,
     /// Connections refused by per-IP or total limits.
     pub connections_refused: AtomicU64,
+    /// WebSocket flows opened (upgrades accepted).
+    pub flows_opened: AtomicU64,
 }
 
 pub(crate) struct FlowEntry {
@@ -198,6 +200,19 @@ impl Transports {
     /// Whether a flow is open.
     pub fn flow_alive(&self, flow: FlowId) -> bool {
         lock(&self.inner.flows).contains_key(&flow)
+    }
+
+    /// The ids of the open flows.
+    pub fn flow_ids(&self) -> Vec<FlowId> {
+        lock(&self.inner.flows).keys().copied().collect()
+    }
+
+    /// Closes a flow from our side: the connection sends a WebSocket close
+    /// 1001 (Going Away) once its queue is flushed. True if it was open.
+    pub fn close_flow(&self, flow: FlowId) -> bool {
+        // Dropping the sender ends the flow task's queue, which it answers
+        // with the close frame.
+        lock(&self.inner.flows).remove(&flow).is_some()
     }
 
     /// The remote address of an open flow.
@@ -307,6 +322,10 @@ impl Transports {
         queue: usize,
     ) -> (FlowId, mpsc::Receiver<Bytes>) {
         let id = self.inner.next_flow.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .counters
+            .flows_opened
+            .fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(queue);
         lock(&self.inner.flows).insert(id, FlowEntry { tx, peer });
         (id, rx)

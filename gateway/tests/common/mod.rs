@@ -49,6 +49,8 @@ impl TestGateway {
         config.auth.required = false;
         // Signalling tests run without rtpengine; media tests point it at theirs.
         config.rtpengine.enabled = false;
+        // Many gateways run at once: the admin API on a free port.
+        config.admin.listen = "127.0.0.1:0".parse().unwrap();
         tweak(&mut config);
         let app = App::start(config, None).await.unwrap();
         Self { app, dir }
@@ -62,6 +64,9 @@ impl TestGateway {
     }
     pub fn ws(&self) -> SocketAddr {
         self.app.server.ws_addrs[0]
+    }
+    pub fn admin(&self) -> SocketAddr {
+        self.app.admin_addr().expect("admin listener enabled")
     }
     pub fn ca(&self) -> PathBuf {
         self.dir.path().join("certs/ca.pem")
