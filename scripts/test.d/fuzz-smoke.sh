@@ -11,7 +11,8 @@
 #                                instrumented build is missing, i.e. the first
 #                                run on a machine, which installs cargo-fuzz and
 #                                builds every dependency with coverage
-#                                instrumentation (default 3600)
+#                                instrumentation, or when the lock files changed
+#                                since the last good run (default 3600)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -30,6 +31,11 @@ cargo fuzz --version >/dev/null 2>&1 || warm=0
 for t in sip_message sdp ng_reply digest config; do
   [ -x "$FUZZ_TARGET_DIR/x86_64-unknown-linux-gnu/release/$t" ] || warm=0
 done
+# New or changed dependencies mean an instrumented rebuild of them: as slow as
+# a first run. The stamp records the lock files of the last good run.
+stamp="$FUZZ_TARGET_DIR/.deps-stamp"
+deps="$(cat Cargo.lock fuzz/Cargo.lock 2>/dev/null | sha256sum | cut -d' ' -f1)"
+[ "$(cat "$stamp" 2>/dev/null)" = "$deps" ] || warm=0
 if [ "$warm" = 1 ]; then
   export FUZZ_MAX_TOTAL="${FUZZ_SMOKE_TIMEOUT:-300}"
 else
@@ -43,5 +49,8 @@ rc=$?
 set -e
 if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
   echo "[fuzz-smoke] FAILED: exceeded the ${FUZZ_MAX_TOTAL}s bound" >&2
+fi
+if [ "$rc" = 0 ]; then
+  echo "$deps" >"$stamp"
 fi
 exit "$rc"
