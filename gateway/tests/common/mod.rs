@@ -214,7 +214,8 @@ pub struct SippRun {
 impl SippRun {
     /// Starts `sipp -sf tests/sipp/<scenario> -i 127.0.0.1 -p <port>` plus
     /// `args`; `None` when sipp is not installed (the caller decides with
-    /// [`require`]). Always bounded by `-timeout 25s -timeout_error`.
+    /// [`require`]). Always bounded by `-timeout_error` and a `-timeout`
+    /// (25 s unless `args` give their own).
     pub fn spawn(scenario: &str, args: &[&str]) -> Option<Self> {
         let scenario = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/sipp")
@@ -228,20 +229,19 @@ impl SippRun {
         let sipp = which("sipp")?;
         let work = tempfile::tempdir().unwrap();
         let port = pick_udp_port();
+        let timeout = if args.contains(&"-timeout") {
+            &[][..]
+        } else {
+            &["-timeout", "25s"][..]
+        };
         let child = tokio::process::Command::new(sipp)
             .current_dir(work.path())
             .arg("-sf")
             .arg(scenario)
             .args(["-i", "127.0.0.1", "-p", &port.to_string()])
             .args(args)
-            .args([
-                "-nostdin",
-                "-timeout",
-                "25s",
-                "-timeout_error",
-                "-trace_err",
-                "-trace_msg",
-            ])
+            .args(timeout)
+            .args(["-nostdin", "-timeout_error", "-trace_err", "-trace_msg"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
