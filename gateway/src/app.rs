@@ -102,6 +102,37 @@ fn accounting_config(config: &Config) -> crate::accounting::AccountingConfig {
     }
 }
 
+/// Who the flood limits never count: the proxy's trusted sources (by IP,
+/// whatever the port), every PBX destination, `limits.trusted`, and the
+/// routing sets' `trusted_sources` as they are now (reloads included).
+fn limiter_trust(
+    config: &Config,
+    trusted: &[crate::config::TrustedSource],
+    routing: crate::routing::RoutingHandle,
+) -> crate::limits::TrustFn {
+    use crate::config::TrustedSource;
+    let mut ips: std::collections::HashSet<std::net::IpAddr> = trusted
+        .iter()
+        .map(|t| match t {
+            TrustedSource::Ip(ip) => *ip,
+            TrustedSource::Addr(a) => a.ip(),
+        })
+        .collect();
+    ips.extend(
+        config
+            .effective_routing()
+            .sets
+            .iter()
+            .flat_map(|s| s.destinations.iter().map(|d| d.address.ip())),
+    );
+    let blocks = config.limits.trusted_blocks();
+    Arc::new(move |ip| {
+        ips.contains(&ip)
+            || blocks.iter().any(|b| b.contains(ip))
+            || routing.is_trusted(ip).is_some()
+    })
+}
+
 /// A running gateway.
 pub struct App {
     /// The listeners.
@@ -304,6 +335,10 @@ impl App {
                 .iter()
                 .map(|r| crate::config::TrustedSource::Addr(r.destination)),
         );
+        let limiter = Arc::new(crate::limits::Limiter::new(
+            &config.limits,
+            limiter_trust(&config, &trusted, routing.handle()),
+        ));
         let cfg = config.clone();
         let router_location = location.clone();
         let mut proxy_handle = None;
@@ -312,6 +347,7 @@ impl App {
             &config,
             tls.as_ref().map(|t| t.server_config.clone()),
             web_root,
+            limiter,
             move |transports, bound| {
                 let local = Local {
                     udp: bound.udp.clone(),
@@ -338,6 +374,11 @@ impl App {
                         media: media_enabled,
                         max_call_duration: (cfg.sip.max_call_duration_s > 0)
                             .then(|| std::time::Duration::from_secs(cfg.sip.max_call_duration_s)),
+                        pending: crate::proxy::pending::PendingCaps {
+                            total: cfg.limits.max_server_transactions,
+                            per_source: cfg.limits.max_server_transactions_per_source,
+                            retry_after_s: cfg.limits.retry_after_s,
+                        },
                     },
                     local,
                     Arc::new(TracedRouter(Arc::new(crate::routing::RoutingRouter::new(

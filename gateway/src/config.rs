@@ -78,6 +78,8 @@ pub struct Config {
     pub admin: crate::admin::AdminConfig,
     /// Traces and metrics export (`[telemetry]`).
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// Flood protection and load caps (`[limits]`).
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// Call records: one row per call in `call_records` (`rtcgate cdr list`).
@@ -713,6 +715,9 @@ impl Config {
         if let Err((key, message)) = self.telemetry.validate() {
             return bad(&format!("telemetry.{key}"), message);
         }
+        if let Err((key, message)) = self.limits.validate() {
+            return bad(&format!("limits.{key}"), message);
+        }
         Ok(())
     }
 }
@@ -927,6 +932,31 @@ mod tests {
         let msg = Config::parse(bad, "r.toml").unwrap_err().to_string();
         assert!(msg.contains("`routes[0].prefix`"), "{msg}");
         assert!(msg.contains("r.toml:2"), "{msg}");
+    }
+
+    #[test]
+    fn limits_section() {
+        let c = Config::parse("", "").unwrap();
+        assert!(c.limits.enabled);
+        let c = Config::parse(
+            "[limits]\naction = \"drop\"\nban_s = 2\ntrusted = [\"10.0.0.0/8\"]\n",
+            "",
+        )
+        .unwrap();
+        assert_eq!(c.limits.action, crate::limits::BanAction::Drop);
+        let msg = Config::parse("[limits]\n\nudp_rate = 0\n", "l.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("`limits.udp_rate`"), "{msg}");
+        assert!(msg.contains("l.toml:3"), "{msg}");
+        let msg = Config::parse("[limits]\naction = \"ignore\"\n", "l.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("l.toml:2"), "{msg}");
+        let msg = Config::parse("[limits]\ntrusted = [\"pbx\"]\n", "l.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("`limits.trusted`"), "{msg}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod limits;
 pub mod media;
 pub mod proxy;
 pub mod registrar;

@@ -58,13 +58,15 @@ pub struct Server {
 impl Server {
     /// Binds every configured listener and starts serving. `make_handler`
     /// builds the SIP layer once the transports exist (it needs them to send).
+    /// `limiter` guards the receive paths (flood limits).
     pub async fn start(
         config: &Config,
         tls: Option<Arc<rustls::ServerConfig>>,
         web_root: Option<PathBuf>,
+        limiter: Arc<crate::limits::Limiter>,
         make_handler: impl FnOnce(Transports, &Bound) -> Arc<dyn Handler>,
     ) -> Result<Self, StartError> {
-        let transports = Transports::new();
+        let transports = Transports::with_limiter(limiter);
         let mut udp_sockets = Vec::new();
         for &addr in &config.sip.udp_listen {
             let socket = udp::bind(addr).map_err(|source| StartError::Bind {

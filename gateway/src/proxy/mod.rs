@@ -7,6 +7,7 @@
 pub mod dialog;
 pub mod location;
 pub mod ops;
+pub mod pending;
 pub mod route;
 pub mod routing;
 pub mod shell;
@@ -237,6 +238,8 @@ pub struct ProxyConfig {
     pub media: bool,
     /// Confirmed calls are hung up after this long (`None`: never).
     pub max_call_duration: Option<std::time::Duration>,
+    /// Caps on requests waiting for their final response.
+    pub pending: pending::PendingCaps,
 }
 
 /// One client branch of a forwarded request.
@@ -323,6 +326,8 @@ pub struct ProxyStats {
     pub call_attempts: u64,
     /// Initial INVITEs by final outcome.
     pub calls: ops::CallOutcomes,
+    /// New requests refused with 503 by the transaction caps.
+    pub overloaded: u64,
 }
 
 /// The proxy core.
@@ -361,6 +366,9 @@ pub struct Proxy {
     stats: ProxyStats,
     /// Shutting down: new requests get 503 with this Retry-After.
     draining: Option<u32>,
+    /// Out-of-dialog requests waiting for their final response.
+    pending: pending::Pending,
+    overload_log: crate::limits::throttle::LogThrottle,
 }
 
 /// What the shell must send.
@@ -409,6 +417,10 @@ impl Proxy {
             seq: 0,
             stats: ProxyStats::default(),
             draining: None,
+            pending: pending::Pending::new(config.pending),
+            overload_log: crate::limits::throttle::LogThrottle::new(
+                std::time::Duration::from_secs(10),
+            ),
         }
     }
 
@@ -1023,6 +1035,13 @@ impl Proxy {
             source.kind().reliable(),
         ) {
             Ok(d) => d,
+            Err(crate::transaction::TransactionError::TableFull(n)) => {
+                if req.method != rsip::Method::Ack {
+                    self.pending_refused(now, source, n, "transaction table full");
+                    self.reply_overloaded(&req, source);
+                }
+                return;
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "request refused by the transaction layer");
                 if req.method != rsip::Method::Ack {
@@ -1033,6 +1052,23 @@ impl Proxy {
         };
         match disposition {
             RequestDisposition::New { key, request } => {
+                let in_dialog =
+                    tag_of_header(&request, |h| matches!(h, rsip::Header::To(_))).is_some();
+                if !in_dialog
+                    && let Err(which) =
+                        self.pending
+                            .admit(key, source.peer().ip(), self.is_trusted(&source))
+                {
+                    let why = match which {
+                        pending::Refusal::Total => "limits.max_server_transactions",
+                        pending::Refusal::PerSource => "limits.max_server_transactions_per_source",
+                    };
+                    self.pending_refused(now, source, self.pending.len(), why);
+                    self.count_rejected(&request);
+                    let resp = self.overloaded(&request);
+                    self.send_final(now, key, resp);
+                    return;
+                }
                 self.on_new_request(now, key, source, request)
             }
             RequestDisposition::Cancel {
@@ -1842,6 +1878,7 @@ impl Proxy {
                 if is_invite && initial && first_final {
                     self.stats.calls.record(code);
                 }
+                self.pending.release(&skey);
                 let _ = self.txns.send_response(now, &skey, &resp);
                 if is_invite {
                     if initial {
@@ -1923,6 +1960,7 @@ impl Proxy {
                 reason: crate::media::EndReason::Failed,
             }));
         }
+        self.pending.release(&skey);
         let _ = self.txns.send_response(now, &skey, &best);
     }
 
@@ -2027,6 +2065,7 @@ impl Proxy {
                     self.owners.remove(&ck);
                 }
                 Output::Terminated(TransactionKey::Server(sk)) => {
+                    self.pending.release(&sk);
                     self.parked.remove(&sk);
                     if let Some(fwd) = self.forwards.remove(&sk) {
                         if !fwd.final_sent && fwd.method == rsip::Method::Invite {
@@ -2076,8 +2115,47 @@ impl Proxy {
                     self.server_header.clone(),
                 )));
         }
+        if resp.status_code.code() >= 200 {
+            self.pending.release(&key);
+        }
         if let Err(e) = self.txns.send_response(now, &key, &resp) {
             tracing::debug!(error = %e, "cannot send response");
+        }
+    }
+
+    /// The 503 of an overloaded proxy: `Retry-After` and our Server header.
+    fn overloaded(&self, req: &rsip::Request) -> rsip::Response {
+        let mut resp = transaction::make_response(
+            req,
+            503,
+            Some("Service Unavailable"),
+            Some(&crate::sip::new_tag()),
+        );
+        resp.headers
+            .push(rsip::Header::RetryAfter(rsip::headers::RetryAfter::new(
+                self.pending.caps().retry_after_s.to_string(),
+            )));
+        resp
+    }
+
+    /// The same 503 sent without a transaction (the table is full).
+    fn reply_overloaded(&mut self, req: &rsip::Request, source: Source) {
+        let mut resp = self.overloaded(req);
+        if !self.server_header.is_empty() {
+            resp.headers
+                .push(rsip::Header::Server(rsip::headers::Server::new(
+                    self.server_header.clone(),
+                )));
+        }
+        self.sends
+            .push_back((source.reply_to(), transaction::encode_response(&resp)));
+    }
+
+    /// Counts (and, rate-limited, logs) a request refused by a cap.
+    fn pending_refused(&mut self, now: Instant, source: Source, pending: usize, why: &'static str) {
+        self.stats.overloaded += 1;
+        if self.overload_log.event(now).is_some() {
+            tracing::warn!(peer = %source.peer(), pending, cap = why, refused_total = self.stats.overloaded, "overload: new requests refused with 503");
         }
     }
 

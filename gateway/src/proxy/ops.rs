@@ -72,6 +72,9 @@ pub struct ProxySnapshot {
     pub pending_requests: usize,
     /// New requests are refused with 503.
     pub draining: bool,
+    /// New requests refused with 503 by the transaction caps (`[limits]`).
+    #[serde(default)]
+    pub overloaded: u64,
 }
 
 /// One call as the admin API lists it.
@@ -116,6 +119,7 @@ impl Proxy {
             pending_requests: self.forwards.values().filter(|f| !f.final_sent).count()
                 + self.parked.len(),
             draining: self.draining.is_some(),
+            overloaded: self.stats.overloaded,
         }
     }
 

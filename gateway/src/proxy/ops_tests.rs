@@ -38,6 +38,7 @@ fn proxy() -> Proxy {
             trusted: vec![],
             media: false,
             max_call_duration: None,
+            pending: Default::default(),
         },
         local,
         Arc::new(StaticRouter::new(routes, None)),

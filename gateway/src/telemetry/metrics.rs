@@ -357,6 +357,56 @@ fn register(meter: &Meter, src: &Arc<MetricSources>) {
         )
     );
 
+    // Flood limits and load caps: what was shed, by reason.
+    counter!(
+        "rtcgate_shed",
+        "Messages and connections shed by the flood limits and caps, by reason",
+        |s, o| {
+            let l = s.transports.limiter().counters();
+            let t = s.transports.counters();
+            let r = Ordering::Relaxed;
+            for (reason, n) in [
+                ("udp_rate", l.udp_shed.load(r)),
+                ("ws_flow_rate", l.ws_shed.load(r)),
+                ("ws_handshake_rate", l.handshakes_shed.load(r)),
+                ("handshake_timeout", t.handshake_timeouts.load(r)),
+                ("oversize", t.oversize.load(r)),
+                ("transactions", s.cache().proxy.overloaded),
+            ] {
+                o.observe(n, &[kv("reason", reason)]);
+            }
+        }
+    );
+    counter!(
+        "rtcgate_limits_bans",
+        "Temporary bans started, by kind (source IP, WebSocket flow)",
+        |s, o| {
+            let l = s.transports.limiter().counters();
+            o.observe(
+                l.source_bans.load(Ordering::Relaxed),
+                &[kv("kind", "source")],
+            );
+            o.observe(l.flow_bans.load(Ordering::Relaxed), &[kv("kind", "flow")]);
+        }
+    );
+    counter!(
+        "rtcgate_limits_untracked",
+        "Messages and connections passed uncounted because the source table was full",
+        |s, o| o.observe(
+            s.transports
+                .limiter()
+                .counters()
+                .untracked
+                .load(Ordering::Relaxed),
+            &[]
+        )
+    );
+    gauge!(
+        "rtcgate_limits_sources",
+        "Source addresses tracked by the flood limiter",
+        |s, o| o.observe(s.transports.limiter().sources() as u64, &[])
+    );
+
     // SIP messages.
     counter!(
         "rtcgate_sip_requests_received",

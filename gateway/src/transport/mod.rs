@@ -145,6 +145,11 @@ pub struct Counters {
     pub connections_refused: AtomicU64,
     /// WebSocket flows opened (upgrades accepted).
     pub flows_opened: AtomicU64,
+    /// Connections closed because the TLS or HTTP handshake did not finish
+    /// within `websocket.handshake_timeout_ms`.
+    pub handshake_timeouts: AtomicU64,
+    /// Messages refused for their size (513 over UDP, close 1009 over WS).
+    pub oversize: AtomicU64,
 }
 
 pub(crate) struct FlowEntry {
@@ -165,6 +170,7 @@ struct Inner {
     per_ip: Mutex<(HashMap<IpAddr, usize>, usize)>,
     next_flow: AtomicU64,
     counters: Counters,
+    limiter: Arc<crate::limits::Limiter>,
 }
 
 impl Default for Transports {
@@ -174,8 +180,13 @@ impl Default for Transports {
 }
 
 impl Transports {
-    /// An empty set of transports.
+    /// An empty set of transports without flood limits.
     pub fn new() -> Self {
+        Self::with_limiter(Arc::new(crate::limits::Limiter::disabled()))
+    }
+
+    /// An empty set of transports whose receive paths consult `limiter`.
+    pub fn with_limiter(limiter: Arc<crate::limits::Limiter>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 udp: Mutex::new(Vec::new()),
@@ -183,6 +194,7 @@ impl Transports {
                 per_ip: Mutex::new((HashMap::new(), 0)),
                 next_flow: AtomicU64::new(1),
                 counters: Counters::default(),
+                limiter,
             }),
         }
     }
@@ -190,6 +202,11 @@ impl Transports {
     /// Transport counters.
     pub fn counters(&self) -> &Counters {
         &self.inner.counters
+    }
+
+    /// The flood limiter of the receive paths.
+    pub fn limiter(&self) -> &crate::limits::Limiter {
+        &self.inner.limiter
     }
 
     /// Number of open flows.

@@ -1,5 +1,6 @@
-//! SIP over UDP: one socket per listen address, a receive loop that parses
-//! and checks each datagram and hands it to the SIP layer.
+//! SIP over UDP: one socket per listen address, a receive loop that checks
+//! the sender against the flood limits, parses and checks each datagram and
+//! hands it to the SIP layer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::atomic::Ordering;
 use tokio::net::UdpSocket;
 
 use super::{Handler, Source, Transports, is_keepalive};
+use crate::limits::{BanAction, Outcome, shed_reply};
 use crate::sip;
 
 /// Binds a UDP socket with generous kernel buffers (SIP bursts at call peaks).
@@ -54,6 +56,17 @@ pub async fn run(
             }
         };
         let data = &buf[..n];
+        // Flood limit first: a banned source costs one map lookup.
+        let limiter = transports.limiter();
+        if let Outcome::Shed { retry_after_s, .. } = limiter.check_udp(peer.ip()) {
+            if limiter.action() == BanAction::Reply
+                && !is_keepalive(data)
+                && let Some(reply) = shed_reply(data, max_size, retry_after_s, &server_header)
+            {
+                let _ = socket.try_send_to(&reply, peer);
+            }
+            continue;
+        }
         if is_keepalive(data) {
             transports
                 .counters()
@@ -66,6 +79,9 @@ pub async fn run(
             Err(refused) => {
                 let counters = transports.counters();
                 counters.malformed.fetch_add(1, Ordering::Relaxed);
+                if refused.error.status() == 513 {
+                    counters.oversize.fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::debug!(%peer, reason = %refused.error, "malformed SIP over UDP");
                 match refused.reply_headers {
                     Some(lines) => {

@@ -3,8 +3,10 @@
 //!
 //! Upgrade rules: the `sip` subprotocol is required and echoed; `Origin` is
 //! checked against the allow-list; the TLS and HTTP handshakes must finish
-//! within the handshake timeout; connections per source IP are capped. Each
-//! WebSocket message carries exactly one SIP message, text or binary.
+//! within the handshake timeout; connections per source IP are capped, and
+//! their rate per source IP is limited (`[limits]`), as is each flow's
+//! message rate. Each WebSocket message carries exactly one SIP message,
+//! text or binary.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +27,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use super::http::{self, Head};
 use super::{Handler, Source, Transports, is_keepalive};
 use crate::config;
+use crate::limits::{BanAction, Verdict, shed_reply};
 use crate::sip;
 
 /// Settings one listener needs.
@@ -56,6 +59,11 @@ pub async fn run(
                 continue;
             }
         };
+        // Flood limit before anything costs: no TLS, no task, no slot.
+        if !transports.limiter().check_handshake(peer.ip()).passed() {
+            drop(tcp);
+            continue;
+        }
         let Some(slot) = transports.admit(
             peer.ip(),
             settings.ws.max_connections_per_ip,
@@ -96,6 +104,10 @@ async fn serve_connection(
                     return;
                 }
                 Err(_) => {
+                    transports
+                        .counters()
+                        .handshake_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
@@ -148,6 +160,10 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }
         Ok(Err(_)) => return,
         Err(_) => {
+            transports
+                .counters()
+                .handshake_timeouts
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%peer, "HTTP handshake timed out");
             return;
         }
@@ -320,6 +336,9 @@ async fn run_flow<S: AsyncRead + AsyncWrite + Unpin>(
     let mut last_seen = Instant::now();
     let mut ticker = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     let max = settings.ws.max_message_size;
+    // The flow's own message rate: no shared state per message.
+    let mut guard = transports.limiter().flow_guard();
+    let reply_when_shed = transports.limiter().action() == BanAction::Reply;
     let close: Option<CloseFrame> = loop {
         tokio::select! {
             incoming = stream.next() => {
@@ -334,8 +353,27 @@ async fn run_flow<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     Some(Ok(Message::Pong(_) | Message::Frame(_))) => continue,
                     Some(Ok(Message::Close(_))) | None => break None,
-                    Some(Err(e)) => break close_for_error(&e),
+                    Some(Err(e)) => {
+                        if matches!(e, tungstenite::Error::Capacity(_)) {
+                            transports.counters().oversize.fetch_add(1, Ordering::Relaxed);
+                        }
+                        break close_for_error(&e);
+                    }
                 };
+                if let Some(g) = guard.as_mut() {
+                    let verdict = g.check(std::time::Instant::now());
+                    if let Verdict::Shed { retry_after_s, .. } = verdict {
+                        transports.limiter().flow_shed(flow, peer, verdict);
+                        if reply_when_shed
+                            && !is_keepalive(&data)
+                            && let Some(reply) = shed_reply(&data, max, retry_after_s, &settings.server_header)
+                            && sink.send(frame_for(reply.into())).await.is_err()
+                        {
+                            break None;
+                        }
+                        continue;
+                    }
+                }
                 if is_keepalive(&data) {
                     transports.counters().keepalives.fetch_add(1, Ordering::Relaxed);
                     if data.len() == 4 && sink.send(Message::text("\r\n")).await.is_err() {
