@@ -78,6 +78,8 @@ pub struct Config {
     pub admin: crate::admin::AdminConfig,
     /// Traces and metrics export (`[telemetry]`).
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// Scale-out: nodes sharing the database (`[cluster]`).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// Call records: one row per call in `call_records` (`rtcgate cdr list`).
@@ -593,6 +595,7 @@ impl Config {
         if self.database.max_connections == 0 {
             return bad("database.max_connections", "must be positive");
         }
+        self.cluster.validate(&self.sip.udp_listen)?;
         if let Some(t) = self
             .auth
             .trusted
