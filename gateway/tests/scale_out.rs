@@ -47,11 +47,43 @@ impl Db {
         format!("{base}/{}", self.name)
     }
 
+    /// Drops the database (also on a failing test, see `Drop`).
     async fn drop_db(&self) {
-        if let Ok(mut c) = sqlx::PgConnection::connect(&self.admin).await {
+        self.drop_named(&self.admin, &self.name).await;
+    }
+}
+
+impl Drop for Db {
+    // A failed assertion must not leave the database behind: drop it from a
+    // thread with its own runtime (the test's runtime is unwinding).
+    fn drop(&mut self) {
+        let (name, admin) = (self.name.clone(), self.admin.clone());
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(
+                    Db {
+                        name: String::new(),
+                        admin: String::new(),
+                    }
+                    .drop_named(&admin, &name),
+                );
+            }
+        })
+        .join();
+    }
+}
+
+impl Db {
+    async fn drop_named(&self, admin: &str, name: &str) {
+        if name.is_empty() {
+            return;
+        }
+        if let Ok(mut c) = sqlx::PgConnection::connect(admin).await {
             let _ = sqlx::raw_sql(AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
             )))
             .execute(&mut c)
             .await;
