@@ -155,6 +155,8 @@ pub struct App {
     pub admin: Option<AdminServer>,
     /// rtpengine, when media is bridged.
     pub media: Option<crate::media::Media>,
+    /// Cluster membership, when `[cluster]` is on.
+    pub cluster: Option<crate::cluster::Cluster>,
     reloader: Reloader,
 }
 
@@ -262,6 +264,25 @@ impl App {
                 .await
                 .map_err(store_err)?,
         );
+        let cluster = if config.cluster.enabled() {
+            Some(
+                crate::cluster::Cluster::start(
+                    location.store().clone(),
+                    location.clone(),
+                    &config.general.node_id,
+                    &config.cluster,
+                )
+                .await
+                .map_err(store_err)?,
+            )
+        } else {
+            None
+        };
+        let peers: Arc<dyn crate::proxy::routing::Peers> = match &cluster {
+            Some(c) => c.peers(),
+            None => Arc::new(crate::proxy::routing::NoPeers),
+        };
+        let peer_timeout = Duration::from_millis(config.cluster.peer_timeout_ms);
         let realm = config
             .general
             .domains
@@ -341,6 +362,7 @@ impl App {
         ));
         let cfg = config.clone();
         let router_location = location.clone();
+        let router_peers = peers.clone();
         let mut proxy_handle = None;
         let handle_slot = &mut proxy_handle;
         let server = Server::start(
@@ -383,14 +405,15 @@ impl App {
                     local,
                     Arc::new(TracedRouter(Arc::new(crate::routing::RoutingRouter::new(
                         routing_handle,
-                        Some(Arc::new(StoreLocation::new(
-                            router_location,
-                            cfg.general.domains.clone(),
-                        ))),
+                        Some(Arc::new(
+                            StoreLocation::new(router_location, cfg.general.domains.clone())
+                                .with_peers(router_peers.clone(), peer_timeout),
+                        )),
                     )))),
                     true,
                     Arc::new(transports.clone()),
-                );
+                )
+                .with_peers(router_peers);
                 let handle =
                     shell::spawn_with(proxy, transports, Some(services), media_events, ops);
                 *handle_slot = Some(handle.clone());
@@ -445,6 +468,7 @@ impl App {
             metrics,
             admin,
             media: media_handle,
+            cluster,
             reloader,
         })
     }
@@ -476,6 +500,10 @@ impl App {
         let retry_after = u32::try_from(timeout.as_secs().max(5)).unwrap_or(u32::MAX);
         self.server.stop_accepting();
         self.proxy.set_draining(Some(retry_after));
+        if let Some(c) = &self.cluster {
+            // Peers stop sending new calls here; in-dialog requests still come.
+            c.leave().await;
+        }
         tracing::info!(
             timeout_s = timeout.as_secs(),
             "draining: no new calls, waiting for active ones"

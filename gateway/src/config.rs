@@ -80,6 +80,8 @@ pub struct Config {
     pub telemetry: crate::telemetry::TelemetryConfig,
     /// Flood protection and load caps (`[limits]`).
     pub limits: crate::limits::LimitsConfig,
+    /// Scale-out: nodes sharing the database (`[cluster]`).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// Call records: one row per call in `call_records` (`rtcgate cdr list`).
@@ -595,6 +597,7 @@ impl Config {
         if self.database.max_connections == 0 {
             return bad("database.max_connections", "must be positive");
         }
+        self.cluster.validate(&self.sip.udp_listen)?;
         if let Some(t) = self
             .auth
             .trusted

@@ -208,3 +208,69 @@ fn systemd_unit_verifies_cleanly() {
         .collect();
     assert!(ours.is_empty(), "{ours:?}");
 }
+
+/// The scale-out topology (docker/scale/): the compose file is valid, every
+/// node's configuration passes check-config, node ids and advertised
+/// addresses are distinct and match the compose addresses and haproxy's
+/// servers, and all nodes share one database and one rtpengine set.
+#[test]
+fn scale_out_topology_is_consistent() {
+    let dir = docker_dir().join("scale");
+    if let Some(bin) = which("docker-compose") {
+        let out = Command::new(bin)
+            .args(["-f", "compose.yaml", "config", "-q"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "docker-compose config (scale): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        require("docker-compose (scripts/setup.d/docker.sh)", false);
+    }
+    let compose = std::fs::read_to_string(dir.join("compose.yaml")).unwrap();
+    let haproxy = std::fs::read_to_string(dir.join("haproxy.cfg")).unwrap();
+    let mut ids = Vec::new();
+    let mut sets = Vec::new();
+    let mut urls = Vec::new();
+    for n in ["node1", "node2"] {
+        let file = dir.join(format!("{n}.toml"));
+        let out = Command::new(env!("CARGO_BIN_EXE_rtcgate"))
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let c = Config::load(&file).unwrap();
+        let adv = c.cluster.advertise.expect("cluster.advertise set");
+        assert!(
+            compose.contains(&format!("ipv4_address: {}", adv.ip())),
+            "{n}: {adv} not in compose"
+        );
+        let wss = c.websocket.wss_listen[0];
+        assert!(
+            haproxy.contains(&format!("{}:{}", wss.ip(), wss.port())),
+            "{n}: {wss} not an haproxy server"
+        );
+        ids.push(c.general.node_id.clone());
+        let mut set: Vec<String> = c
+            .rtpengine
+            .instances
+            .iter()
+            .map(|i| i.address.to_string())
+            .collect();
+        set.sort();
+        sets.push(set);
+        urls.push(c.database.url.clone());
+    }
+    assert_ne!(ids[0], ids[1], "node ids must differ");
+    assert_eq!(sets[0], sets[1], "every node needs the same rtpengine set");
+    assert_eq!(urls[0], urls[1], "every node needs the same database");
+    assert!(urls[0].starts_with("postgres://"));
+}

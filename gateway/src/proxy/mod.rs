@@ -255,6 +255,8 @@ struct Branch {
     provisional: bool,
     done: bool,
     cancel_on_provisional: bool,
+    /// rtpengine handles this branch's SDP (not when a peer node does).
+    media: bool,
 }
 
 /// The state of one forwarded request (one server transaction).
@@ -275,6 +277,13 @@ struct Forward {
     record_route: bool,
     /// Serial failover through a destination set.
     serial: Option<SerialState>,
+    /// The answer when every serial destination failed.
+    exhausted: (u16, &'static str),
+    /// An out-of-dialog request.
+    initial: bool,
+    /// This node does the media of the request (an in-dialog request of a call
+    /// whose media a peer node handles does not).
+    media: bool,
 }
 
 /// What [`Proxy::fail_over`] did.
@@ -337,6 +346,7 @@ pub struct Proxy {
     keyed: Keyed,
     router: Arc<dyn Router>,
     flows: Arc<dyn Flows>,
+    peers: Arc<dyn routing::Peers>,
     server_header: String,
     auth_required: bool,
     trusted: Vec<crate::config::TrustedSource>,
@@ -396,6 +406,7 @@ impl Proxy {
             keyed: Keyed::default(),
             router,
             flows,
+            peers: Arc::new(routing::NoPeers),
             server_header: config.server_header,
             auth_required: config.auth_required,
             trusted: config.trusted.clone(),
@@ -422,6 +433,13 @@ impl Proxy {
                 std::time::Duration::from_secs(10),
             ),
         }
+    }
+
+    /// In a cluster: requests from live peer nodes are trusted, and calls
+    /// forwarded to a peer leave their media to it.
+    pub fn with_peers(mut self, peers: Arc<dyn routing::Peers>) -> Self {
+        self.peers = peers;
+        self
     }
 
     /// Counters.
@@ -568,7 +586,8 @@ impl Proxy {
     fn is_trusted(&self, source: &Source) -> bool {
         matches!(source, Source::Udp { .. })
             && (self.trusted.iter().any(|t| t.matches(source.peer()))
-                || self.router.is_trusted(source.peer().ip()))
+                || self.router.is_trusted(source.peer().ip())
+                || self.peers.is_peer(source.peer()))
     }
 
     fn park_for_auth(
@@ -613,8 +632,19 @@ impl Proxy {
             }
             Decision::Serial(serial) => {
                 let serial = *serial;
-                self.forward(now, key, source, req, routes, vec![serial.first], true);
+                let media = self.media;
+                self.forward(
+                    now,
+                    key,
+                    source,
+                    req,
+                    routes,
+                    vec![serial.first],
+                    true,
+                    media,
+                );
                 if let Some(fwd) = self.forwards.get_mut(&key) {
+                    fwd.exhausted = serial.rest.exhausted();
                     fwd.serial = Some(SerialState {
                         current: 0,
                         no_answer: serial.no_answer,
@@ -631,7 +661,8 @@ impl Proxy {
                 return;
             }
         };
-        self.forward(now, key, source, req, routes, targets, true);
+        let media = self.media;
+        self.forward(now, key, source, req, routes, targets, true, media);
     }
 
     /// Starts the no-answer timer of serial branch `idx`.
@@ -728,21 +759,25 @@ impl Proxy {
         }
     }
 
-    /// Every destination of a serial route failed: 503 to the caller.
+    /// Every destination of a serial route failed: 503 to the caller (480 for
+    /// peer nodes, see [`routing::SerialRoute::exhausted`]).
     fn answer_exhausted(&mut self, now: Instant, skey: ServerKey) {
         let Some(fwd) = self.forwards.get_mut(&skey) else {
             return;
         };
+        let (code, reason) = fwd.exhausted;
         let mut resp = transaction::make_response(
             &fwd.request,
-            503,
-            Some("All Destinations Failed"),
+            code,
+            Some(reason),
             Some(&crate::sip::new_tag()),
         );
-        resp.headers
-            .push(rsip::Header::RetryAfter(rsip::headers::RetryAfter::new(
-                "30".to_owned(),
-            )));
+        if code == 503 {
+            resp.headers
+                .push(rsip::Header::RetryAfter(rsip::headers::RetryAfter::new(
+                    "30".to_owned(),
+                )));
+        }
         fwd.best = Some(resp);
         for b in &mut fwd.branches {
             if !b.done && !b.provisional {
@@ -1135,6 +1170,8 @@ impl Proxy {
         // faces the next hop.
         let mut routes = route::routes(&req);
         let mut next_flow: Option<Option<FlowId>> = None;
+        // Our Record-Route said a peer node does this call's media.
+        let mut peer_media = false;
         while let Some(first) = routes.first() {
             let Some(f) = route::uri_facts(route::uri_of(first)) else {
                 break;
@@ -1142,6 +1179,7 @@ impl Proxy {
             if !self.local.is_me(&f.host, f.port) {
                 break;
             }
+            peer_media |= route::is_no_media(first);
             next_flow = Some(
                 f.user
                     .as_deref()
@@ -1239,7 +1277,17 @@ impl Proxy {
                         );
                     }
                 }
-                self.forward(now, key, source, req, routes, targets, to_tag.is_none())
+                let media = self.media && !peer_media;
+                self.forward(
+                    now,
+                    key,
+                    source,
+                    req,
+                    routes,
+                    targets,
+                    to_tag.is_none(),
+                    media,
+                )
             }
             Err((code, reason)) => self.reply(now, key, &req, code, Some(reason)),
         }
@@ -1301,6 +1349,7 @@ impl Proxy {
         routes: Vec<String>,
         targets: Vec<Target>,
         initial: bool,
+        media: bool,
     ) {
         let record_route = initial
             && matches!(
@@ -1323,6 +1372,9 @@ impl Proxy {
             routes,
             record_route,
             serial: None,
+            exhausted: (503, "All Destinations Failed"),
+            initial,
+            media,
         };
         for target in targets {
             self.start_branch(now, key, &mut fwd, target, &loop_part);
@@ -1363,13 +1415,17 @@ impl Proxy {
             return;
         }
         let source = fwd.source;
+        // A call handed to the peer node holding the flow: that node does the media.
+        let to_peer =
+            fwd.initial && matches!(target.dest, Destination::Udp(a) if self.peers.is_peer(a));
+        let media = fwd.media && !to_peer;
         let mut out = fwd.request.clone();
         out.uri = target.uri.clone();
         route::lower_transport_param(&mut out.uri);
         route::set_routes(&mut out, &fwd.routes);
         set_max_forwards(&mut out);
         if fwd.record_route {
-            self.add_record_routes(&mut out, &source, &target);
+            self.add_record_routes(&mut out, &source, &target, !media && self.media);
         }
         self.seq += 1;
         let branch = format!("z9hG4bK.rg{loop_part}.{:x}", self.seq);
@@ -1395,7 +1451,7 @@ impl Proxy {
             |h| matches!(h, rsip::Header::Via(_)),
             false,
         );
-        let offers_sdp = self.media
+        let offers_sdp = media
             && matches!(out.method, rsip::Method::Invite | rsip::Method::Update)
             && crate::sip::has_sdp(&out.headers, &out.body);
         if offers_sdp {
@@ -1419,6 +1475,7 @@ impl Proxy {
                 provisional: false,
                 done: false,
                 cancel_on_provisional: false,
+                media,
             });
             self.tasks.push_back(Task::Media(MediaTask::Offer {
                 key,
@@ -1427,7 +1484,7 @@ impl Proxy {
             }));
             return;
         }
-        if self.media && out.method == rsip::Method::Invite {
+        if media && out.method == rsip::Method::Invite {
             let msg = media_msg(&out, &branch, Vec::new(), profile(target.kind), None);
             self.tasks
                 .push_back(Task::Media(MediaTask::NoSdpInvite { msg }));
@@ -1448,6 +1505,7 @@ impl Proxy {
                     provisional: false,
                     done: false,
                     cancel_on_provisional: false,
+                    media,
                 });
                 self.stats.forwarded += 1;
             }
@@ -1457,7 +1515,15 @@ impl Proxy {
         }
     }
 
-    fn add_record_routes(&self, out: &mut rsip::Request, source: &Source, target: &Target) {
+    /// `peer_media`: a peer node does this call's media; the entries say so,
+    /// for the in-dialog requests that come back through them.
+    fn add_record_routes(
+        &self,
+        out: &mut rsip::Request,
+        source: &Source,
+        target: &Target,
+        peer_media: bool,
+    ) {
         let inbound_token = match source {
             Source::Ws { flow, .. } => Some(self.keyed.flow_token(*flow)),
             Source::Udp { .. } => None,
@@ -1470,16 +1536,20 @@ impl Proxy {
             Destination::Udp(a) => Some(a),
             Destination::Flow(_) => None,
         };
-        let outbound = route::record_route_entry(
+        let mut outbound = route::record_route_entry(
             &self.local.sent_by(target.kind, toward),
             target.kind,
             outbound_token.as_deref(),
         );
-        let inbound = route::record_route_entry(
+        let mut inbound = route::record_route_entry(
             &self.local.sent_by(source.kind(), Some(source.peer())),
             source.kind(),
             inbound_token.as_deref(),
         );
+        if peer_media {
+            outbound = route::mark_no_media(&outbound);
+            inbound = route::mark_no_media(&inbound);
+        }
         // push_front twice: the outbound-facing entry ends up on top.
         out.headers
             .push_front(rsip::Header::RecordRoute(rsip::headers::RecordRoute::new(
@@ -1498,6 +1568,7 @@ impl Proxy {
         }
         let mut routes = route::routes(&req);
         let mut next_flow = None;
+        let mut peer_media = false;
         while let Some(first) = routes.first() {
             let Some(f) = route::uri_facts(route::uri_of(first)) else {
                 break;
@@ -1505,6 +1576,7 @@ impl Proxy {
             if !self.local.is_me(&f.host, f.port) {
                 break;
             }
+            peer_media |= route::is_no_media(first);
             next_flow = f
                 .user
                 .as_deref()
@@ -1551,6 +1623,7 @@ impl Proxy {
         req.headers
             .push_front(rsip::Header::Via(rsip::headers::Via::new(via)));
         if self.media
+            && !peer_media
             && req.method == rsip::Method::Ack
             && crate::sip::has_sdp(&req.headers, &req.body)
         {
@@ -1790,6 +1863,7 @@ impl Proxy {
             };
             let code = resp.status_code.code();
             let wants_answer = media
+                && fwd.branches.get(idx).is_some_and(|b| b.media)
                 && matches!(fwd.method, rsip::Method::Invite | rsip::Method::Update)
                 && (180..300).contains(&code)
                 && crate::sip::has_sdp(&resp.headers, &resp.body);

@@ -282,6 +282,25 @@ pub fn record_route_entry(sent_by: &str, kind: Kind, flow_token: Option<&str>) -
     format!("<sip:{user}{sent_by}{transport};lr>")
 }
 
+/// Adds the `nm` ("no media here") parameter to one of our Record-Route
+/// entries: a peer node handles the call's media, so this node leaves the
+/// SDP of the dialog's requests and responses alone.
+pub fn mark_no_media(entry: &str) -> String {
+    match entry.strip_suffix('>') {
+        Some(inner) => format!("{inner};nm>"),
+        None => format!("{entry};nm"),
+    }
+}
+
+/// Whether a Route entry carries our `nm` parameter (see [`mark_no_media`]).
+pub fn is_no_media(entry: &str) -> bool {
+    rsip::Uri::try_from(uri_of(entry)).is_ok_and(|u| {
+        u.params.iter().any(|p| {
+            matches!(p, rsip::Param::Other(name, _) if name.to_string().eq_ignore_ascii_case("nm"))
+        })
+    })
+}
+
 /// rsip writes `transport=WS` for a parsed `transport=ws`; browsers and
 /// some PBXes compare Request-URIs byte for byte, so keep the lower case.
 pub fn lower_transport_param(uri: &mut rsip::Uri) {
@@ -325,6 +344,18 @@ mod tests {
         let f = uri_facts("sip:f1.abc@127.0.0.1:8443;transport=ws;lr").unwrap();
         assert!(f.lr);
         assert_eq!(f.user.as_deref(), Some("f1.abc"));
+    }
+
+    #[test]
+    fn no_media_mark_round_trips() {
+        let e = record_route_entry("127.0.0.12:5060", Kind::Udp, None);
+        assert!(!is_no_media(&e));
+        let m = mark_no_media(&e);
+        assert_eq!(m, "<sip:127.0.0.12:5060;lr;nm>");
+        assert!(is_no_media(&m));
+        let f = uri_facts(uri_of(&m)).unwrap();
+        assert!(f.lr);
+        assert_eq!(f.port, Some(5060));
     }
 
     #[test]

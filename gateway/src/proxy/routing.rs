@@ -38,6 +38,60 @@ pub fn location_target(t: LocationTarget) -> Target {
             kind: Kind::Udp,
             codec_policy: None,
         },
+        LocationTarget::Peer { aor, addr } => Target {
+            uri: aor,
+            dest: Destination::Udp(addr),
+            kind: Kind::Udp,
+            codec_policy: None,
+        },
+    }
+}
+
+/// What the location service found: `None` when it has no reachable target
+/// (the router goes on with its rules). Targets that are all on peer nodes
+/// are tried one after the other with the peer timeout, so a node that died
+/// between heartbeats costs seconds, not timer B.
+pub fn location_decision(found: Located) -> Option<Decision> {
+    if found.targets.is_empty() {
+        return None;
+    }
+    let all_peers = found
+        .targets
+        .iter()
+        .all(|t| matches!(t, LocationTarget::Peer { .. }));
+    let mut targets: std::collections::VecDeque<Target> =
+        found.targets.into_iter().map(location_target).collect();
+    if !all_peers {
+        return Some(Decision::Forward(targets.into()));
+    }
+    let first = targets.pop_front()?;
+    Some(Decision::Serial(Box::new(Serial {
+        first,
+        no_answer: found.peer_timeout,
+        rest: Box::new(PeerSerial { rest: targets }),
+    })))
+}
+
+/// The remaining peer nodes holding a user's flows.
+#[derive(Debug)]
+struct PeerSerial {
+    rest: std::collections::VecDeque<Target>,
+}
+
+impl SerialRoute for PeerSerial {
+    fn next(&mut self, _failed: &Destination, failure: BranchFailure) -> SerialStep {
+        match failure {
+            // The peer answered (486, 480 for a flow it lost...): that is the answer.
+            BranchFailure::Status(_) => SerialStep::Final,
+            BranchFailure::Timeout => match self.rest.pop_front() {
+                Some(t) => SerialStep::Next(Box::new(t)),
+                None => SerialStep::Exhausted,
+            },
+        }
+    }
+
+    fn exhausted(&self) -> (u16, &'static str) {
+        (480, "Temporarily Unavailable")
     }
 }
 
@@ -90,6 +144,11 @@ pub trait SerialRoute: Send + std::fmt::Debug {
     /// `failed` (the destination of the current target) failed with
     /// `failure`: where next?
     fn next(&mut self, failed: &Destination, failure: BranchFailure) -> SerialStep;
+
+    /// The answer to the caller when every destination failed.
+    fn exhausted(&self) -> (u16, &'static str) {
+        (503, "All Destinations Failed")
+    }
 }
 
 /// A registered contact reachable over a flow.
@@ -105,8 +164,53 @@ pub struct FlowBinding {
 
 /// Looks up registered users (implemented by the registrar).
 pub trait Location: Send + Sync {
-    /// The live contacts of `user@domain`.
-    fn lookup(&self, user: &str, domain: &str) -> Vec<LocationTarget>;
+    /// The live contacts of `user@domain` for a request from `source` (a
+    /// request from a peer node is only delivered to this node's own flows).
+    fn lookup(&self, user: &str, domain: &str, source: &Source) -> Located;
+}
+
+/// The answer of a [`Location`] lookup.
+#[derive(Debug, Clone, Default)]
+pub struct Located {
+    /// Where the user can be reached.
+    pub targets: Vec<LocationTarget>,
+    /// Bindings exist that cannot be reached (their node is dead): when nothing
+    /// else routes the request, the answer is 480, not 404.
+    pub unreachable: bool,
+    /// No-answer time of a peer node (see [`location_decision`]).
+    pub peer_timeout: std::time::Duration,
+}
+
+impl Located {
+    /// Targets found, none unreachable.
+    pub fn targets(targets: Vec<LocationTarget>) -> Self {
+        Self {
+            targets,
+            ..Self::default()
+        }
+    }
+}
+
+/// The other nodes of a cluster, as the proxy sees them.
+pub trait Peers: Send + Sync {
+    /// Whether `addr` is the advertised SIP address of a live peer node
+    /// (requests from there are trusted; media is the other node's).
+    fn is_peer(&self, addr: SocketAddr) -> bool;
+    /// The advertised SIP address of live node `node_id` (`None`: unknown or dead).
+    fn node_addr(&self, node_id: &str) -> Option<SocketAddr>;
+}
+
+/// No cluster: no peers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoPeers;
+
+impl Peers for NoPeers {
+    fn is_peer(&self, _addr: SocketAddr) -> bool {
+        false
+    }
+    fn node_addr(&self, _node_id: &str) -> Option<SocketAddr> {
+        None
+    }
 }
 
 /// A contact from the location service.
@@ -119,6 +223,14 @@ pub enum LocationTarget {
         /// The Contact URI.
         contact: rsip::Uri,
         /// Where to send (received address for NATed UAs).
+        addr: SocketAddr,
+    },
+    /// Held by another node of the cluster: the request goes there with the
+    /// AOR as Request-URI, and that node delivers it down its flows.
+    Peer {
+        /// `sip:user@domain` as registered.
+        aor: rsip::Uri,
+        /// The node's advertised SIP address.
         addr: SocketAddr,
     },
 }
@@ -150,13 +262,14 @@ impl StaticRouter {
 }
 
 impl Router for StaticRouter {
-    fn route(&self, req: &rsip::Request, uri: &UriFacts, _source: &Source) -> Decision {
+    fn route(&self, req: &rsip::Request, uri: &UriFacts, source: &Source) -> Decision {
         let user = uri.user.as_deref().unwrap_or("");
+        let mut unreachable = false;
         if let Some(location) = &self.location {
-            let found = location.lookup(user, &uri.host);
-            if !found.is_empty() {
-                let targets = found.into_iter().map(location_target).collect();
-                return Decision::Forward(targets);
+            let found = location.lookup(user, &uri.host, source);
+            unreachable = found.unreachable;
+            if let Some(d) = location_decision(found) {
+                return d;
             }
         }
         if let Some(r) = self
@@ -175,6 +288,9 @@ impl Router for StaticRouter {
                 kind: Kind::Udp,
                 codec_policy: r.codec_policy.clone(),
             }]);
+        }
+        if unreachable {
+            return Decision::Reject(480, "Temporarily Unavailable");
         }
         Decision::Reject(404, "Not Found")
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::proxy::route::UriFacts;
 use crate::proxy::routing::{
     BranchFailure, Decision, Location, Router, Serial, SerialRoute, SerialStep, Target,
-    location_target,
+    location_decision,
 };
 use crate::rsip;
 use crate::transport::{Destination, Kind, Source};
@@ -55,20 +55,24 @@ impl RoutingRouter {
             source_ip: Some(source.peer().ip()),
         };
         let mut outcome = self.handle.route(&query);
+        // Registered, but only on nodes that are gone: 480 rather than 404.
+        let mut unreachable = false;
         loop {
             match outcome {
                 RouteOutcome::Local { user, resume } => {
                     let found = self
                         .location
                         .as_ref()
-                        .map(|l| l.lookup(&user, &uri.host))
+                        .map(|l| l.lookup(&user, &uri.host, source))
                         .unwrap_or_default();
-                    if !found.is_empty() {
-                        return PbxDecision::Decided(Decision::Forward(
-                            found.into_iter().map(location_target).collect(),
-                        ));
+                    unreachable |= found.unreachable;
+                    if let Some(d) = location_decision(found) {
+                        return PbxDecision::Decided(d);
                     }
                     outcome = self.handle.route_from(&query, resume);
+                }
+                RouteOutcome::Reject { code: 404, .. } if unreachable => {
+                    return PbxDecision::Decided(Decision::Reject(480, "Temporarily Unavailable"));
                 }
                 RouteOutcome::Reject { code, reason } => {
                     return PbxDecision::Decided(Decision::Reject(code, reason));
@@ -184,26 +188,28 @@ mod tests {
 
     use super::*;
     use crate::proxy::route::facts_of;
-    use crate::proxy::routing::{FlowBinding, LocationTarget};
+    use crate::proxy::routing::{FlowBinding, Located, LocationTarget};
     use crate::routing::{RoutingConfig, RoutingTable};
 
     struct OneUser;
 
     impl Location for OneUser {
-        fn lookup(&self, user: &str, _domain: &str) -> Vec<LocationTarget> {
+        fn lookup(&self, user: &str, _domain: &str, _source: &Source) -> Located {
             if user != "1001" {
-                return Vec::new();
+                return Located::default();
             }
             let contact = rsip::Uri::try_from("sip:abc@df7jal23ls0d.invalid;transport=ws");
-            contact
-                .map(|contact| {
-                    vec![LocationTarget::Flow(FlowBinding {
-                        contact,
-                        flow: 42,
-                        secure: true,
-                    })]
-                })
-                .unwrap_or_default()
+            Located::targets(
+                contact
+                    .map(|contact| {
+                        vec![LocationTarget::Flow(FlowBinding {
+                            contact,
+                            flow: 42,
+                            secure: true,
+                        })]
+                    })
+                    .unwrap_or_default(),
+            )
         }
     }
 

@@ -1,4 +1,4 @@
-//! Persistent storage: subscribers, location (registrations) and call records on
+//! Persistent storage: subscribers, location (registrations), cluster nodes and call records on
 //! SQLite (embedded default), MariaDB/MySQL or PostgreSQL, chosen by URL.
 //!
 //! The three backends are held as concrete pools in an enum (no `Any` driver): each
@@ -10,6 +10,7 @@ mod calls;
 mod error;
 mod location;
 mod model;
+mod nodes;
 mod service;
 mod subscribers;
 
@@ -18,6 +19,7 @@ pub use error::StoreError;
 pub use model::{
     Binding, BindingChange, CallRecord, CallRecordUpdate, NewCallRecord, Subscriber, binding_key,
 };
+pub use nodes::NodeRow;
 pub use service::LocationService;
 
 use std::str::FromStr;

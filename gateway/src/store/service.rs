@@ -189,6 +189,32 @@ impl LocationService {
         Ok(removed)
     }
 
+    /// Replaces the cached bindings of other nodes with `remote` (a fresh read of the
+    /// table, see [`Store::remote_bindings`]): in a cluster, this is how a node learns
+    /// the registrations held elsewhere. Bindings of this node are kept as they are,
+    /// and a remote row for a contact this node holds (a re-registration that moved
+    /// here after the read) is ignored. Returns the number of remote bindings cached.
+    pub fn replace_remote(&self, remote: Vec<Binding>) -> usize {
+        let mut cache = self.write();
+        cache.retain(|_, list| {
+            list.retain(|b| b.node_id == self.node_id);
+            !list.is_empty()
+        });
+        let mut count = 0usize;
+        for b in remote {
+            if b.node_id == self.node_id {
+                continue;
+            }
+            let list = cache.entry(b.aor.clone()).or_default();
+            if list.iter().any(|x| x.contact == b.contact) {
+                continue;
+            }
+            list.push(b);
+            count += 1;
+        }
+        count
+    }
+
     /// Drops bindings expired at `now` from the cache and the store; returns how many
     /// rows the store deleted.
     pub async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
