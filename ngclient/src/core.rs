@@ -449,7 +449,17 @@ impl Core {
             return;
         };
         let instance = op.attempt.instance;
-        if op.attempt.sent < self.config.tries {
+        // An instance already known to be down (tried as a last resort)
+        // gets one datagram, not the whole retransmission budget: with
+        // every instance dead, new calls fail after one try_timeout, and
+        // the health pings notice when it answers again.
+        let tries =
+            if op.purpose == Purpose::User && self.set.health(instance) == Some(Health::Down) {
+                1
+            } else {
+                self.config.tries
+            };
+        if op.attempt.sent < tries {
             // rtpengine caches replies by cookie: resend the same bytes, never a new cookie.
             op.attempt.sent += 1;
             op.attempt.deadline = now + self.config.try_timeout;
