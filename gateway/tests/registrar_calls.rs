@@ -8,8 +8,8 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use common::digest_authorization as authorization;
 use common::*;
-use rtcgate::auth::{Algorithm, ha1, response};
 use rtcgate::config::StaticRoute;
 
 const PASSWORD: &str = "s3cret";
@@ -53,47 +53,6 @@ fn header_values(text: &str, name: &str) -> Vec<String> {
                 .then(|| v.trim().to_owned())
         })
         .collect()
-}
-
-fn param<'a>(challenge: &'a str, name: &str) -> Option<&'a str> {
-    challenge.split(',').find_map(|p| {
-        let p = p.trim().trim_start_matches("Digest ").trim();
-        let (n, v) = p.split_once('=')?;
-        n.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().trim_matches('"'))
-    })
-}
-
-/// An Authorization value answering the MD5 challenge, as SIP.js would.
-fn authorization(
-    challenge: &str,
-    user: &str,
-    password: &str,
-    method: &str,
-    uri: &str,
-    nc: u32,
-) -> String {
-    let realm = param(challenge, "realm").unwrap();
-    let nonce = param(challenge, "nonce").unwrap();
-    let opaque = param(challenge, "opaque");
-    let h1 = ha1(Algorithm::Md5, user, realm, password);
-    let nc = format!("{nc:08x}");
-    let resp = response(
-        Algorithm::Md5,
-        &h1,
-        nonce,
-        method,
-        uri,
-        Some((&nc, "0a4f113b", "auth")),
-    );
-    let mut v = format!(
-        "Digest algorithm=MD5, username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", qop=auth, cnonce=\"0a4f113b\", nc={nc}"
-    );
-    if let Some(o) = opaque {
-        v.push_str(&format!(", opaque=\"{o}\""));
-    }
-    v
 }
 
 fn register(user: &str, cseq: u32, branch: &str, auth: Option<&str>) -> String {

@@ -449,7 +449,22 @@ impl Core {
             return;
         };
         let instance = op.attempt.instance;
-        if op.attempt.sent < self.config.tries {
+        // An instance down for a whole ping interval (tried as a last
+        // resort) gets one datagram, not the whole retransmission budget:
+        // with every instance dead, new calls fail after one try_timeout.
+        // A fresh verdict (one slow ping on a loaded host) still gets the
+        // full budget; the next ping reply brings the instance back.
+        let settled = match (self.set.down_since(instance), self.config.ping_interval) {
+            (Some(since), Some(interval)) => now.saturating_duration_since(since) >= interval,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let tries = if op.purpose == Purpose::User && settled {
+            1
+        } else {
+            self.config.tries
+        };
+        if op.attempt.sent < tries {
             // rtpengine caches replies by cookie: resend the same bytes, never a new cookie.
             op.attempt.sent += 1;
             op.attempt.deadline = now + self.config.try_timeout;

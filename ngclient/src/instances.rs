@@ -121,6 +121,11 @@ impl InstanceSet {
         self.instances.get(id).map(|i| i.health)
     }
 
+    /// Since when `id` has been down (`None` while up or unknown).
+    pub fn down_since(&self, id: InstanceId) -> Option<Instant> {
+        self.instances.get(id).and_then(|i| i.down_since)
+    }
+
     /// All configured instances ranked for `call_id`, ignoring health.
     pub fn rank(&self, call_id: &str) -> Vec<InstanceId> {
         hrw::rank(

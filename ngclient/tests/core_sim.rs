@@ -412,3 +412,52 @@ fn every_node_picks_the_same_instance() {
         assert_eq!(drain(&mut n1)[0].dest, drain(&mut n2)[0].dest);
     }
 }
+
+#[test]
+fn a_down_instance_gets_one_try_then_comes_back_on_a_reply() {
+    let t0 = Instant::now();
+    let mut c = core(&[A], false, t0);
+    // A dies: the first offer spends the whole budget and marks it down.
+    c.submit(t0, &offer("c1"), Target::Auto).unwrap();
+    let mut now = t0;
+    while events(&mut c).is_empty() {
+        drain(&mut c);
+        now = c.poll_timeout().unwrap();
+        c.handle_timeout(now);
+    }
+    assert_eq!(now - t0, Duration::from_millis(450));
+    assert_eq!(c.health(0), Some(Health::Down));
+
+    // The next offer still tries A (last resort) but with one datagram:
+    // it fails after one try_timeout, not three.
+    let start = now;
+    c.submit(now, &offer("c2"), Target::Auto).unwrap();
+    assert_eq!(drain(&mut c).len(), 1);
+    now = c.poll_timeout().unwrap();
+    c.handle_timeout(now);
+    assert!(
+        drain(&mut c).is_empty(),
+        "no retransmission to a down instance"
+    );
+    let ev = events(&mut c);
+    assert_eq!(
+        ev[0].result,
+        Err(NgError::Timeout {
+            instance: addr(A),
+            tries: 1
+        })
+    );
+    assert_eq!(now - start, Duration::from_millis(150));
+
+    // A answers again: up, and the full budget applies once more.
+    c.submit(now, &offer("c3"), Target::Auto).unwrap();
+    let t = drain(&mut c).remove(0);
+    c.handle_datagram(now, addr(A), &reply(&t, OK_SDP));
+    assert_eq!(c.health(0), Some(Health::Up));
+    assert!(events(&mut c)[0].result.is_ok());
+    c.submit(now, &offer("c4"), Target::Auto).unwrap();
+    drain(&mut c);
+    now = c.poll_timeout().unwrap();
+    c.handle_timeout(now);
+    assert_eq!(drain(&mut c).len(), 1, "retransmitted while up");
+}

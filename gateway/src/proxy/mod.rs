@@ -590,6 +590,29 @@ impl Proxy {
                 || self.peers.is_peer(source.peer()))
     }
 
+    /// Whether an in-dialog request from `source` belongs to a dialog this
+    /// proxy set up: trusted sources always pass; others need the Call-ID
+    /// of a confirmed dialog with both tags matching (either direction) or
+    /// of an INVITE still being set up (early-dialog PRACK/UPDATE).
+    fn dialog_known(&self, source: &Source, req: &rsip::Request) -> bool {
+        if self.is_trusted(source) {
+            return true;
+        }
+        let call_id = call_id_of(&req.headers);
+        if let Some(d) = self.dialogs.get(&call_id) {
+            let from = tag_of_header(req, |h| matches!(h, rsip::Header::From(_)));
+            let to = tag_of_header(req, |h| matches!(h, rsip::Header::To(_)));
+            return match (from, to) {
+                (Some(f), Some(t)) => {
+                    (f == d.caller.tag && t == d.callee.tag)
+                        || (f == d.callee.tag && t == d.caller.tag)
+                }
+                _ => false,
+            };
+        }
+        self.started.contains(&call_id)
+    }
+
     fn park_for_auth(
         &mut self,
         key: ServerKey,
@@ -1133,7 +1156,9 @@ impl Proxy {
     }
 
     fn on_new_request(&mut self, now: Instant, key: ServerKey, source: Source, req: rsip::Request) {
-        if self.media && req.method == rsip::Method::Bye {
+        // A BYE that names no dialog of ours (forged tags) must not end
+        // someone else's media session.
+        if self.media && req.method == rsip::Method::Bye && self.dialog_known(&source, &req) {
             self.tasks.push_back(Task::Media(MediaTask::Terminate {
                 call_id: call_id_of(&req.headers),
                 reason: crate::media::EndReason::Bye,
@@ -1257,6 +1282,23 @@ impl Proxy {
                 self.route_initial(now, key, source, req, routes);
                 return;
             }
+        };
+        // No relay (§26.3.2.2 applied to in-dialog requests): an untrusted
+        // source reaches a UDP destination only inside a dialog we set up;
+        // a forged To tag, Route or flow token never gets past us.
+        let target = match target {
+            Ok(t)
+                if t.iter().any(|t| matches!(t.dest, Destination::Udp(_)))
+                    && !self.dialog_known(&source, &req) =>
+            {
+                tracing::info!(method = %req.method, peer = %source.peer(), "request outside any known dialog refused (no relay)");
+                Err(if to_tag.is_some() {
+                    (481, "Call/Transaction Does Not Exist")
+                } else {
+                    (403, "Relay Denied")
+                })
+            }
+            other => other,
         };
         match target {
             Ok(targets) => {
@@ -1601,6 +1643,10 @@ impl Proxy {
             tracing::debug!(method = %req.method, "stateless request has no route; dropped");
             return;
         };
+        if matches!(dest, Destination::Udp(_)) && !self.dialog_known(&source, &req) {
+            tracing::info!(method = %req.method, peer = %source.peer(), "stateless request outside any known dialog dropped (no relay)");
+            return;
+        }
         route::set_routes(&mut req, &routes);
         route::lower_transport_param(&mut req.uri);
         set_max_forwards(&mut req);

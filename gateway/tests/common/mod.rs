@@ -418,3 +418,105 @@ impl SippRun {
         (ok, text)
     }
 }
+
+// ------------------------------------------------ browser calls and digest
+
+/// A fixture of `tests/fixtures/media/` with CRLF line ends (SDP as a
+/// browser sends it).
+pub fn media_fixture(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/media")
+            .join(name),
+    )
+    .unwrap()
+    .replace("\r\n", "\n")
+    .replace('\n', "\r\n")
+}
+
+/// Chrome's WebRTC offer (ICE, DTLS-SRTP, SAVPF).
+pub fn webrtc_offer() -> String {
+    media_fixture("out-1_offer_browser-to-proxy_webrtc.sdp")
+}
+
+/// An initial INVITE from a browser-like WebSocket client to `user@localhost`
+/// (From tag `f{call}`, Call-ID `{call}@br.invalid`).
+pub fn ws_invite(call: &str, user: &str, sdp: &str) -> String {
+    format!(
+        "INVITE sip:{user}@localhost SIP/2.0\r\nVia: SIP/2.0/WSS br.invalid;branch=z9hG4bK{call}\r\nMax-Forwards: 70\r\nFrom: <sip:2000@localhost>;tag=f{call}\r\nTo: <sip:{user}@localhost>\r\nCall-ID: {call}@br.invalid\r\nCSeq: 1 INVITE\r\nContact: <sip:u@br.invalid;transport=ws;ob>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+}
+
+/// Reads responses until a final one (5 s each); returns it and every
+/// status seen.
+pub async fn ws_final(ws: &mut Ws) -> (String, Vec<u16>) {
+    let mut seen = Vec::new();
+    loop {
+        let r = ws_recv(ws).await;
+        let code = sip_status(&r).unwrap_or(0);
+        seen.push(code);
+        if code >= 200 {
+            return (r, seen);
+        }
+    }
+}
+
+/// A request inside the dialog the 2xx `ok` (to [`ws_invite`] `call`)
+/// set up: Route from its Record-Route, Request-URI from its Contact.
+pub fn ws_in_dialog(method: &str, cseq: u32, call: &str, ok: &str) -> String {
+    let route: String = sip_header_values(ok, "Record-Route")
+        .iter()
+        .rev()
+        .map(|r| format!("Route: {r}\r\n"))
+        .collect();
+    let to = sip_header(ok, "To");
+    let target = rtcgate::proxy::route::uri_of(&sip_header(ok, "Contact")).to_owned();
+    format!(
+        "{method} {target} SIP/2.0\r\nVia: SIP/2.0/WSS br.invalid;branch=z9hG4bK{call}{method}{cseq}\r\nMax-Forwards: 70\r\n{route}From: <sip:2000@localhost>;tag=f{call}\r\nTo: {to}\r\nCall-ID: {call}@br.invalid\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// A parameter of a `WWW-Authenticate`/`Proxy-Authenticate` value.
+pub fn digest_param<'a>(challenge: &'a str, name: &str) -> Option<&'a str> {
+    challenge.split(',').find_map(|p| {
+        let p = p.trim().trim_start_matches("Digest ").trim();
+        let (n, v) = p.split_once('=')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().trim_matches('"'))
+    })
+}
+
+/// An Authorization value answering the MD5 `challenge` with qop=auth and
+/// nonce count `nc`, as SIP.js would.
+pub fn digest_authorization(
+    challenge: &str,
+    user: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+    nc: u32,
+) -> String {
+    use rtcgate::auth::{Algorithm, ha1, response};
+    let realm = digest_param(challenge, "realm").unwrap();
+    let nonce = digest_param(challenge, "nonce").unwrap();
+    let opaque = digest_param(challenge, "opaque");
+    let h1 = ha1(Algorithm::Md5, user, realm, password);
+    let nc = format!("{nc:08x}");
+    let resp = response(
+        Algorithm::Md5,
+        &h1,
+        nonce,
+        method,
+        uri,
+        Some((&nc, "0a4f113b", "auth")),
+    );
+    let mut v = format!(
+        "Digest algorithm=MD5, username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", qop=auth, cnonce=\"0a4f113b\", nc={nc}"
+    );
+    if let Some(o) = opaque {
+        v.push_str(&format!(", opaque=\"{o}\""));
+    }
+    v
+}

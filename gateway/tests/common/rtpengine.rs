@@ -75,7 +75,19 @@ pub fn free_udp_port() -> SocketAddr {
 
 impl Daemon {
     pub fn start(bin: &PathBuf) -> Daemon {
-        let ng = free_udp_port();
+        Self::start_on(bin, free_udp_port())
+    }
+
+    /// Kills the daemon now (SIGKILL, by PID) and reaps it: an rtpengine
+    /// crash as the gateway sees it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A daemon on a given ng address (e.g. the one of a killed daemon,
+    /// to restart "the same" rtpengine).
+    pub fn start_on(bin: &PathBuf, ng: SocketAddr) -> Daemon {
         // A media port range of its own: a slot locked for the daemon's
         // life, so parallel test processes never share ports.
         let (slot, lock) = port_slot();

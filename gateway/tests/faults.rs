@@ -1,0 +1,525 @@
+//! Fault injection with the real parts (issue #11, hardening): rtpengine
+//! killed under load and restarted on the same port, the database (a
+//! private PostgreSQL of this test, never the shared server) killed and
+//! restarted on the same port and data directory. Each must end with the
+//! right SIP answer, quickly, and nothing lost or leaked.
+//!
+//! Covered elsewhere and not repeated here: a killed PBX with a backup
+//! (`pbx_routing::failover_health_and_rules_with_real_pbxes`), a browser
+//! vanishing mid-call (`media_calls::websocket_dropped_mid_call_hangs_up_the_pbx`
+//! and `faults::websocket_reset_mid_call_ends_every_call_of_the_flow` below).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::rtpengine::{Daemon, need_rtpengine};
+use common::*;
+use rtcgate::config::StaticRoute;
+use rtcgate::media::RtpengineInstance;
+
+/// A sipp PBX answering every call (`loadtest/scenarios/pbx_uas.xml`), for
+/// up to a minute, killed when dropped.
+fn answering_pbx() -> SippRun {
+    let mp = pick_udp_port().to_string();
+    SippRun::spawn_file(
+        &loadtest_scenario("pbx_uas.xml"),
+        &["-mp", &mp, "-timeout", "60s"],
+    )
+    .expect("sipp")
+}
+
+fn route_to(port: u16) -> Vec<StaticRoute> {
+    vec![StaticRoute {
+        prefix: "1".into(),
+        destination: format!("127.0.0.1:{port}").parse().unwrap(),
+        codec_policy: None,
+    }]
+}
+
+/// Sets up one browser call (INVITE with a WebRTC offer, ACK); returns the 200.
+async fn call_up(ws: &mut Ws, call: &str) -> String {
+    ws_send(ws, &ws_invite(call, "1001", &webrtc_offer())).await;
+    let (ok, seen) = ws_final(ws).await;
+    assert_eq!(sip_status(&ok), Some(200), "{call}: {seen:?}\n{ok}");
+    ws_send(ws, &ws_in_dialog("ACK", 1, call, &ok)).await;
+    ok
+}
+
+/// BYE for a call that is up; returns how long its 200 took.
+async fn hang_up(ws: &mut Ws, call: &str, ok: &str) -> Duration {
+    let t0 = Instant::now();
+    ws_send(ws, &ws_in_dialog("BYE", 2, call, ok)).await;
+    loop {
+        let r = ws_recv(ws).await;
+        if sip_cseq_method(&r) == "BYE" && sip_status(&r).is_some_and(|c| c >= 200) {
+            assert_eq!(sip_status(&r), Some(200), "BYE of {call}: {r}");
+            return t0.elapsed();
+        }
+    }
+}
+
+async fn wait_no_sessions(rtp: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let calls = rtp.calls();
+        if calls.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "rtpengine still holds {calls:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn rtpengine_killed_under_load_then_restarted() {
+    let Some(bin) = need_rtpengine() else { return };
+    if !require("sipp", which("sipp").is_some()) {
+        return;
+    }
+    let mut rtp = Daemon::start(&bin);
+    let ng = rtp.ng;
+    let pbx = answering_pbx();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gw = TestGateway::start_with(|c| {
+        c.rtpengine.enabled = true;
+        c.rtpengine.instances = vec![RtpengineInstance {
+            address: ng,
+            weight: 1,
+        }];
+        // Production-like deadlines, a little patient for a loaded machine.
+        c.rtpengine.try_timeout_ms = 300;
+        c.rtpengine.tries = 3;
+        c.rtpengine.offer_deadline_ms = 2000;
+        c.rtpengine.delete_deadline_ms = 1000;
+        c.rtpengine.ping_interval_ms = 300;
+        c.rtpengine.down_after = 2;
+        c.routes = route_to(pbx.port);
+    })
+    .await;
+    let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
+
+    // Load: four calls up, four sessions in rtpengine.
+    let mut up = Vec::new();
+    for n in 0..4 {
+        let call = format!("load{n}");
+        let ok = call_up(&mut ws, &call).await;
+        up.push((call, ok));
+    }
+    assert_eq!(rtp.calls().len(), 4, "one session per call");
+
+    // rtpengine dies.
+    rtp.kill();
+
+    // New calls: 503 with Retry-After within the offer deadline, and after
+    // a single try (300 ms, no retransmissions) once the instance is known
+    // to be down.
+    let mut took = Vec::new();
+    let mut fast = false;
+    for n in 0..20 {
+        let call = format!("dead{n}");
+        let t0 = Instant::now();
+        ws_send(&mut ws, &ws_invite(&call, "1001", &webrtc_offer())).await;
+        let (resp, _) = ws_final(&mut ws).await;
+        let t = t0.elapsed();
+        assert_eq!(sip_status(&resp), Some(503), "{resp}");
+        assert!(
+            !sip_header_values(&resp, "Retry-After").is_empty(),
+            "503 without Retry-After: {resp}"
+        );
+        assert!(t < Duration::from_millis(2500), "503 took {t:?}");
+        took.push(t);
+        if t < Duration::from_millis(600) {
+            fast = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("503 times after the kill: {took:?}");
+    assert!(fast, "never answered after a single ng try: {took:?}");
+
+    // Calls already up still end cleanly: the BYE passes to the PBX and
+    // its 200 comes back, the failed deletes are bounded.
+    let (call, ok) = up.remove(0);
+    let t = hang_up(&mut ws, &call, &ok).await;
+    eprintln!("BYE while rtpengine is down answered in {t:?}");
+    assert!(t < Duration::from_secs(3), "BYE took {t:?}");
+
+    // rtpengine comes back on the same port: new calls work again.
+    let rtp = Daemon::start_on(&bin, ng);
+    let t0 = Instant::now();
+    let mut back = None;
+    for n in 0..40 {
+        let call = format!("back{n}");
+        ws_send(&mut ws, &ws_invite(&call, "1001", &webrtc_offer())).await;
+        let (resp, seen) = ws_final(&mut ws).await;
+        match sip_status(&resp) {
+            Some(200) => {
+                ws_send(&mut ws, &ws_in_dialog("ACK", 1, &call, &resp)).await;
+                back = Some((call, resp));
+                break;
+            }
+            Some(503) => tokio::time::sleep(Duration::from_millis(250)).await,
+            _ => panic!("unexpected answer after the restart {seen:?}: {resp}"),
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no recovery");
+    }
+    let (call, ok) = back.expect("no call succeeded after the restart");
+    eprintln!(
+        "first call after the restart answered {:?} after it",
+        t0.elapsed()
+    );
+    assert_eq!(rtp.calls().len(), 1, "the new call is in the new daemon");
+    hang_up(&mut ws, &call, &ok).await;
+    // The calls from before the crash end too (their sessions died with it).
+    for (call, ok) in up {
+        hang_up(&mut ws, &call, &ok).await;
+    }
+    wait_no_sessions(&rtp).await;
+    drop(pbx);
+}
+
+/// A WebSocket client whose TCP connection is reset (SO_LINGER 0, no close
+/// frame, no BYE) with two calls up: both PBX legs get a BYE and rtpengine
+/// keeps nothing.
+#[tokio::test]
+async fn websocket_reset_mid_call_ends_every_call_of_the_flow() {
+    let Some(bin) = need_rtpengine() else { return };
+    if !require("sipp", which("sipp").is_some()) {
+        return;
+    }
+    let rtp = Daemon::start(&bin);
+    let ng = rtp.ng;
+    // uas.xml passes only when the BYE arrives: two calls, two BYEs.
+    let Some(pbx) = SippRun::spawn("uas.xml", &["-m", "2"]) else {
+        return;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gw = TestGateway::start_with(|c| {
+        c.rtpengine = Daemon::config(&rtp);
+        c.rtpengine.enabled = true;
+        c.rtpengine.instances = vec![RtpengineInstance {
+            address: ng,
+            weight: 1,
+        }];
+        c.rtpengine.ws_drop_grace_ms = 300;
+        c.routes = route_to(pbx.port);
+    })
+    .await;
+    let tcp = tokio::net::TcpStream::connect(gw.ws()).await.unwrap();
+    let raw = tcp.into_std().unwrap();
+    let sock = socket2::SockRef::from(&raw);
+    sock.set_linger(Some(Duration::ZERO)).unwrap();
+    let tcp = tokio::net::TcpStream::from_std(raw).unwrap();
+    let mut ws = ws_over(tcp, gw.ws()).await;
+    call_up(&mut ws, "rst1").await;
+    call_up(&mut ws, "rst2").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rtp.calls().len(), 2);
+    // Dropping a socket with linger 0 sends RST: the browser is gone.
+    drop(ws);
+    let t0 = Instant::now();
+    assert!(
+        pbx.finish(Duration::from_secs(15)).await,
+        "the PBX did not get a BYE for both calls"
+    );
+    eprintln!("both PBX legs hung up {:?} after the reset", t0.elapsed());
+    wait_no_sessions(&rtp).await;
+}
+
+/// A SIP WebSocket (plain ws, no Origin) over an existing TCP stream.
+async fn ws_over(tcp: tokio::net::TcpStream, addr: SocketAddr) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let mut req = format!("ws://localhost:{}/", addr.port())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("sip"));
+    let stream: Box<dyn AsyncStream> = Box::new(tcp);
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::client_async(req, stream),
+    )
+    .await
+    .expect("handshake timed out")
+    .expect("upgrade refused");
+    ws
+}
+
+// ------------------------------------------------------------- database
+
+/// A PostgreSQL server of this test alone: its own data directory in a
+/// temp dir, a free port on 127.0.0.1, its own process group (killed by
+/// that group's id). Started as the `postgres` user when the tests run as
+/// root (PostgreSQL refuses root).
+struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+fn pg_bin(name: &str) -> Option<PathBuf> {
+    let dir = std::fs::read_dir("/usr/lib/postgresql").ok()?;
+    let mut versions: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
+    versions.sort();
+    versions
+        .into_iter()
+        .rev()
+        .map(|v| v.join("bin").join(name))
+        .find(|p| p.is_file())
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// `program args...`, as `postgres` when we are root.
+fn pg_command(program: &Path) -> std::process::Command {
+    if running_as_root() {
+        let mut c = std::process::Command::new("setpriv");
+        c.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(program);
+        c
+    } else {
+        std::process::Command::new(program)
+    }
+}
+
+impl PrivatePostgres {
+    /// initdb + start; `None` when PostgreSQL's server binaries are missing.
+    fn create() -> Option<Self> {
+        let initdb = pg_bin("initdb")?;
+        let dir = tempfile::tempdir().unwrap();
+        if running_as_root() {
+            let status = std::process::Command::new("chown")
+                .args(["postgres:"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown of the temp dir to postgres");
+        }
+        let out = pg_command(&initdb)
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pg = Self {
+            dir,
+            port: free_tcp_port(),
+            child: None,
+        };
+        pg.start();
+        Some(pg)
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the server on its port and data directory, waits until it
+    /// accepts connections (bounded).
+    fn start(&mut self) {
+        use std::os::unix::process::CommandExt;
+        let postgres = pg_bin("postgres").expect("postgres binary");
+        let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
+        let child = pg_command(&postgres)
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-k")
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string(), "-h", "127.0.0.1"])
+            .args(["-c", "fsync=off"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // Accepting TCP is not enough (startup/recovery answers "starting
+        // up"): wait for a real query to succeed.
+        let url = self.url();
+        let ready = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                loop {
+                    if let Ok(Ok(pool)) = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        sqlx::postgres::PgPoolOptions::new()
+                            .max_connections(1)
+                            .connect(&url),
+                    )
+                    .await
+                    {
+                        pool.close().await;
+                        return true;
+                    }
+                    if Instant::now() > deadline {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        })
+        .join()
+        .unwrap();
+        assert!(
+            ready,
+            "private postgres did not start: {}",
+            std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+        );
+    }
+
+    /// SIGKILL to the server's process group (postmaster and backends):
+    /// a crash, not a shutdown.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", c.id())])
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+            // Backends of the group may outlive the postmaster by a moment;
+            // the restart needs them gone (shared memory still attached).
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while group_alive(c.id()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Whether any process is left in process group `pgid`.
+fn group_alive(pgid: u32) -> bool {
+    std::process::Command::new("kill")
+        .args(["-0", "--", &format!("-{pgid}")])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn register(user: &str, cseq: u32) -> String {
+    format!(
+        "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/WSS ua.invalid;branch=z9hG4bKdb{user}{cseq}\r\nMax-Forwards: 70\r\nTo: <sip:{user}@localhost>\r\nFrom: <sip:{user}@localhost>;tag=r{user}\r\nCall-ID: db-{user}@ua.invalid\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{user}c@ua.invalid;transport=ws>;expires=600\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// REGISTER over `ws`; the response and how long it took.
+async fn register_timed(ws: &mut Ws, user: &str, cseq: u32) -> (String, Duration) {
+    let t0 = Instant::now();
+    ws_send(ws, &register(user, cseq)).await;
+    let r = ws_recv_within(ws, Duration::from_secs(15))
+        .await
+        .expect("no answer to REGISTER within 15 s");
+    (r, t0.elapsed())
+}
+
+#[tokio::test]
+async fn database_killed_then_restarted_postgres() {
+    let pg = PrivatePostgres::create();
+    if !require(
+        "PostgreSQL server binaries (initdb, postgres)",
+        pg.is_some(),
+    ) {
+        return;
+    }
+    let mut pg = pg.unwrap();
+    let url = pg.url();
+    let gw = TestGateway::start_with(|c| c.database.url = url.clone()).await;
+    let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
+
+    let (r, _) = register_timed(&mut ws, "3001", 1).await;
+    assert_eq!(sip_status(&r), Some(200), "{r}");
+
+    pg.kill();
+
+    // Every REGISTER meanwhile: 503 with Retry-After, bounded by the
+    // pool's acquire timeout (3 s), never a hang or a dropped answer.
+    for cseq in 1..=3 {
+        let (r, took) = register_timed(&mut ws, "3002", cseq).await;
+        eprintln!(
+            "REGISTER with the database down: {:?} in {took:?}",
+            sip_status(&r)
+        );
+        assert!(
+            matches!(sip_status(&r), Some(500) | Some(503)),
+            "expected 500/503: {r}"
+        );
+        assert!(
+            !sip_header_values(&r, "Retry-After").is_empty(),
+            "no Retry-After: {r}"
+        );
+        assert!(took < Duration::from_secs(5), "answer took {took:?}");
+    }
+    // The process is alive and still answers what needs no database.
+    ws_send(&mut ws, &options("WS", "dbdown", "localhost")).await;
+    assert_eq!(sip_status(&ws_recv(&mut ws).await), Some(200));
+
+    // Back on the same port and data directory: registrations work again.
+    pg.start();
+    let t0 = Instant::now();
+    let mut cseq = 10;
+    loop {
+        cseq += 1;
+        let (r, _) = register_timed(&mut ws, "3003", cseq).await;
+        if sip_status(&r) == Some(200) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "REGISTER still failing after the restart: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("REGISTER succeeded {:?} after the restart", t0.elapsed());
+
+    // Data intact: the binding from before the crash and the new one are
+    // in the database, the refused one is not.
+    let store = rtcgate::store::Store::connect(&pg.url()).await.unwrap();
+    let aor = |u: &str| format!("sip:{u}@localhost");
+    let before = store.list_bindings(&aor("3001")).await.unwrap();
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before[0].contact, "sip:3001c@ua.invalid;transport=ws");
+    assert_eq!(store.list_bindings(&aor("3003")).await.unwrap().len(), 1);
+    assert!(store.list_bindings(&aor("3002")).await.unwrap().is_empty());
+    store.close().await;
+}

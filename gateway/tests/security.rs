@@ -1,0 +1,280 @@
+//! Security tests (issue #11, hardening) with the real parts: no open relay
+//! (foreign Request-URI, Route pointing elsewhere, fake in-dialog requests,
+//! forged flow tokens), forged in-dialog requests that must neither reach
+//! the PBX nor end the real call's media, and TLS below 1.2 refused on WSS.
+//! Origin checks: `transport::upgrade_from_disallowed_origin_is_refused`;
+//! digest replay: `store_backends::*::replayed_nonce_is_refused`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::rtpengine::{Daemon, need_rtpengine};
+use common::*;
+use rtcgate::config::StaticRoute;
+use tokio::net::UdpSocket;
+
+/// A third party on another loopback address: it must never hear from us.
+async fn third_party() -> UdpSocket {
+    UdpSocket::bind("127.0.0.3:0").await.unwrap()
+}
+
+async fn hears_nothing(sock: &UdpSocket, within: Duration) {
+    let mut buf = vec![0u8; 65_535];
+    if let Ok(Ok((n, from))) = tokio::time::timeout(within, sock.recv_from(&mut buf)).await {
+        panic!(
+            "relayed to the third party from {from}:\n{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+}
+
+/// The next final response on `sock` (5 s per message).
+async fn udp_final(sock: &UdpSocket) -> String {
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+            .await
+            .expect("no answer over UDP")
+            .unwrap();
+        let r = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if sip_status(&r).is_some_and(|c| c >= 200) {
+            return r;
+        }
+    }
+}
+
+fn request(method: &str, ruri: &str, extra: &str, to_tag: Option<&str>, n: &str) -> String {
+    let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+    format!(
+        "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/WS br.invalid;branch=z9hG4bKsec{n}\r\nMax-Forwards: 70\r\n{extra}From: <sip:2000@localhost>;tag=f{n}\r\nTo: <sip:1001@localhost>{to_tag}\r\nCall-ID: sec{n}@x\r\nCSeq: 1 {method}\r\nContact: <sip:a@br.invalid;transport=ws>\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+#[tokio::test]
+async fn open_relay_attempts_are_refused_and_never_forwarded() {
+    let victim = third_party().await;
+    let v = victim.local_addr().unwrap();
+    let gw = TestGateway::start_with(|c| c.auth.required = true).await;
+    let me = gw.udp();
+    let cases: Vec<(String, u16)> = vec![
+        // Request-URI at a third-party host.
+        (
+            request("INVITE", &format!("sip:1001@{v}"), "", None, "a"),
+            403,
+        ),
+        (
+            request("MESSAGE", &format!("sip:x@{v}"), "", None, "b"),
+            403,
+        ),
+        // Our domain, but a preloaded Route elsewhere.
+        (
+            request(
+                "INVITE",
+                "sip:1001@localhost",
+                &format!("Route: <sip:{v};lr>\r\n"),
+                None,
+                "c",
+            ),
+            403,
+        ),
+        // Our own Route entry first, then elsewhere.
+        (
+            request(
+                "MESSAGE",
+                "sip:1001@localhost",
+                &format!("Route: <sip:{me};lr>, <sip:{v};lr>\r\n"),
+                None,
+                "d",
+            ),
+            403,
+        ),
+        // A fake in-dialog request (To tag) straight at the third party.
+        (
+            request("INVITE", &format!("sip:x@{v}"), "", Some("forged"), "e"),
+            481,
+        ),
+        (
+            request("BYE", &format!("sip:x@{v}"), "", Some("forged"), "f"),
+            481,
+        ),
+        // A forged flow token in our Route entry, Request-URI elsewhere.
+        (
+            request(
+                "MESSAGE",
+                &format!("sip:x@{v}"),
+                &format!("Route: <sip:f1.0123456789abcdef@{me};lr>\r\n"),
+                None,
+                "g",
+            ),
+            403,
+        ),
+        (
+            request(
+                "BYE",
+                &format!("sip:x@{v}"),
+                &format!("Route: <sip:f1.0123456789abcdef@{me};lr>\r\n"),
+                Some("forged"),
+                "h",
+            ),
+            481,
+        ),
+    ];
+    // From an unauthenticated browser...
+    let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
+    for (msg, want) in &cases {
+        ws_send(&mut ws, msg).await;
+        let (r, _) = ws_final(&mut ws).await;
+        assert_eq!(sip_status(&r), Some(*want), "for\n{msg}\ngot\n{r}");
+    }
+    // ... and from an untrusted UDP source.
+    let udp = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    for (msg, want) in &cases {
+        let msg = msg.replace("SIP/2.0/WS br.invalid", "SIP/2.0/UDP 127.0.0.2");
+        udp.send_to(msg.as_bytes(), me).await.unwrap();
+        let r = udp_final(&udp).await;
+        assert_eq!(sip_status(&r), Some(*want), "for\n{msg}\ngot\n{r}");
+    }
+    hears_nothing(&victim, Duration::from_millis(500)).await;
+}
+
+/// A real call through rtpengine to a sipp PBX; an attacker (another
+/// WebSocket and an untrusted UDP source) sends BYEs and re-INVITEs with
+/// the right Call-ID but wrong tags or forged Route/flow tokens: all get
+/// 481, the PBX sees only the real INVITE and BYE, and the media session
+/// survives until the real BYE.
+#[tokio::test]
+async fn forged_in_dialog_requests_never_reach_the_pbx() {
+    let Some(bin) = need_rtpengine() else { return };
+    if !require("sipp", which("sipp").is_some()) {
+        return;
+    }
+    let rtp = Daemon::start(&bin);
+    let Some(pbx) = SippRun::spawn("uas.xml", &["-m", "1"]) else {
+        return;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ng = rtp.ng;
+    let port = pbx.port;
+    let gw = TestGateway::start_with(|c| {
+        c.rtpengine = rtp.config();
+        c.rtpengine.enabled = true;
+        c.rtpengine.instances = vec![rtcgate::media::RtpengineInstance {
+            address: ng,
+            weight: 1,
+        }];
+        c.routes = vec![StaticRoute {
+            prefix: "1".into(),
+            destination: format!("127.0.0.1:{port}").parse().unwrap(),
+            codec_policy: None,
+        }];
+    })
+    .await;
+    let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
+    ws_send(&mut ws, &ws_invite("real", "1001", &webrtc_offer())).await;
+    let (ok, seen) = ws_final(&mut ws).await;
+    assert_eq!(sip_status(&ok), Some(200), "{seen:?} {ok}");
+    ws_send(&mut ws, &ws_in_dialog("ACK", 1, "real", &ok)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rtp.calls().len(), 1);
+
+    let genuine = ws_in_dialog("BYE", 2, "real", &ok);
+    let pbx_tag = sip_header(&ok, "To");
+    let pbx_tag = pbx_tag.rsplit("tag=").next().unwrap().to_owned();
+    let forgeries = [
+        // Wrong From tag (the attacker guesses the Call-ID only).
+        genuine.replace(";tag=freal", ";tag=attacker"),
+        // Wrong To tag.
+        genuine.replace(&format!("tag={pbx_tag}"), "tag=guess"),
+        // A re-INVITE with a wrong From tag.
+        genuine
+            .replace("BYE sip:", "INVITE sip:")
+            .replace("CSeq: 2 BYE", "CSeq: 3 INVITE")
+            .replace(";tag=freal", ";tag=attacker"),
+        // Forged flow token in the Route, wrong tag.
+        {
+            let me = gw.ws();
+            let routes: String = sip_header_values(&genuine, "Route")
+                .iter()
+                .map(|r| format!("Route: {r}\r\n"))
+                .collect();
+            genuine
+                .replace(
+                    &routes,
+                    &format!("Route: <sip:f7.ffffffffffffffff@{me};transport=ws;lr>\r\n"),
+                )
+                .replace(";tag=freal", ";tag=attacker")
+        },
+    ];
+    let mut attacker = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
+    let udp = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    for (i, f) in forgeries.iter().enumerate() {
+        let f = f.replace("branch=z9hG4bK", &format!("branch=z9hG4bKforged{i}"));
+        ws_send(&mut attacker, &f).await;
+        let (r, _) = ws_final(&mut attacker).await;
+        assert_eq!(sip_status(&r), Some(481), "for\n{f}\ngot\n{r}");
+        let f = f.replace("SIP/2.0/WSS br.invalid", "SIP/2.0/UDP 127.0.0.2");
+        udp.send_to(f.as_bytes(), gw.udp()).await.unwrap();
+        let r = udp_final(&udp).await;
+        assert_eq!(sip_status(&r), Some(481), "for\n{f}\ngot\n{r}");
+    }
+    // The real call is untouched: media still there.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rtp.calls().len(), 1, "a forged BYE ended the media");
+
+    ws_send(&mut ws, &genuine).await;
+    let r = ws_recv(&mut ws).await;
+    assert_eq!(sip_status(&r), Some(200), "{r}");
+    let (sipp_ok, log) = pbx.finish_with_logs(Duration::from_secs(15)).await;
+    assert!(sipp_ok, "the PBX scenario failed");
+    let count = |m: &str| log.matches(&format!("\n{m} sip:")).count();
+    assert_eq!(count("INVITE"), 1, "the PBX saw a forged INVITE:\n{log}");
+    assert_eq!(count("BYE"), 1, "the PBX saw a forged BYE:\n{log}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !rtp.calls().is_empty() {
+        assert!(Instant::now() < deadline, "session left in rtpengine");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `openssl s_client` limited to one protocol version; true if the
+/// handshake completed.
+async fn handshake(addr: std::net::SocketAddr, version: &str) -> (bool, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::process::Command::new("openssl")
+            .args(["s_client", "-connect", &addr.to_string(), version])
+            // Let OpenSSL 3 offer the old versions at all.
+            .args(["-cipher", "DEFAULT@SECLEVEL=0", "-servername", "localhost"])
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("openssl s_client hung")
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done =
+        out.status.success() && text.contains("Cipher is ") && !text.contains("Cipher is (NONE)");
+    (done, text)
+}
+
+#[tokio::test]
+async fn tls_below_1_2_is_refused_on_wss() {
+    if !require("openssl", which("openssl").is_some()) {
+        return;
+    }
+    let gw = TestGateway::start().await;
+    for v in ["-tls1", "-tls1_1"] {
+        let (done, text) = handshake(gw.wss(), v).await;
+        assert!(!done, "{v} handshake succeeded:\n{text}");
+    }
+    // The control: the same client completes 1.2 and 1.3.
+    for v in ["-tls1_2", "-tls1_3"] {
+        let (done, text) = handshake(gw.wss(), v).await;
+        assert!(done, "{v} handshake failed:\n{text}");
+    }
+}
