@@ -27,7 +27,9 @@ use std::time::Duration;
 
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 /// Runs `$body` with `$pool` bound to the concrete pool and `$sql` to that dialect's SQL.
 macro_rules! with_sql {
@@ -129,6 +131,9 @@ impl Store {
             BackendKind::Sqlite => {
                 let conn = SqliteConnectOptions::from_str(&opts.url)?
                     .journal_mode(SqliteJournalMode::Wal)
+                    // WAL + NORMAL: no fsync per commit (only at checkpoints); a
+                    // power loss may lose the last registrations, never corrupt.
+                    .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(opts.sqlite_busy_timeout)
                     .foreign_keys(true);
                 // An in-memory database exists once per connection: keep exactly one.
