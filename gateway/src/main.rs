@@ -466,7 +466,24 @@ fn utc(ms: i64) -> String {
     )
 }
 
+/// Raises the soft open-file limit towards the hard one: every WebSocket is a
+/// descriptor, and distributions often start services with a soft limit of
+/// 1024 under a far higher hard limit.
+fn raise_open_file_limit(max_connections: usize) {
+    let wanted = max_connections as u64 + 1024;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) if got < wanted => tracing::warn!(
+            limit = got,
+            wanted,
+            "open-file limit is below websocket.max_connections + 1024: raise the hard limit (LimitNOFILE=) to reach that many connections"
+        ),
+        Ok(got) => tracing::debug!(limit = got, "open-file limit"),
+        Err(e) => tracing::warn!("cannot read or raise the open-file limit: {e}"),
+    }
+}
+
 async fn run(config: Config, config_path: Option<PathBuf>, web_root: Option<PathBuf>) -> ExitCode {
+    raise_open_file_limit(config.websocket.max_connections);
     let drain_timeout = std::time::Duration::from_secs(config.general.drain_timeout_s);
     let mut app = match App::start(config, web_root).await {
         Ok(a) => a,
