@@ -14,17 +14,6 @@ use common::*;
 use rtcgate::config::StaticRoute;
 use rtcgate::media::RtpengineInstance;
 
-fn fixture(name: &str) -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/media")
-            .join(name),
-    )
-    .unwrap()
-    .replace("\r\n", "\n")
-    .replace('\n', "\r\n")
-}
-
 fn scenario(name: &str) -> PathBuf {
     let local = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/sipp")
@@ -233,11 +222,7 @@ async fn browser_calls_pbx_with_media_bridged() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let gw = gateway(&rtp, Some(port)).await;
     let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
-    ws_send(
-        &mut ws,
-        &invite("m1", &fixture("out-1_offer_browser-to-proxy_webrtc.sdp")),
-    )
-    .await;
+    ws_send(&mut ws, &invite("m1", &webrtc_offer())).await;
     let (ok, codes) = final_response(&mut ws).await;
     assert_eq!(code(&ok), 200, "{codes:?} {ok}");
     assert_webrtc(body(&ok));
@@ -297,7 +282,7 @@ async fn pbx_calls_browser_with_media_bridged() {
             .collect()
     };
     let to = header_values(&inv, "To").remove(0);
-    let answer = fixture("in-3_answer_browser-to-proxy_webrtc.sdp");
+    let answer = media_fixture("in-3_answer_browser-to-proxy_webrtc.sdp");
     let base = format!(
         "{}{}To: {to};tag=bt1\r\n{}{}{}",
         copy("Via"),
@@ -354,11 +339,7 @@ async fn busy_and_cancel_leave_no_session() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let gw = gateway(&rtp, Some(port)).await;
     let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
-    ws_send(
-        &mut ws,
-        &invite("b1", &fixture("out-1_offer_browser-to-proxy_webrtc.sdp")),
-    )
-    .await;
+    ws_send(&mut ws, &invite("b1", &webrtc_offer())).await;
     let (resp, _) = final_response(&mut ws).await;
     assert_eq!(code(&resp), 486, "{resp}");
     let to = header_values(&resp, "To").remove(0);
@@ -382,11 +363,7 @@ async fn busy_and_cancel_leave_no_session() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let gw = gateway(&rtp, Some(port)).await;
     let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
-    ws_send(
-        &mut ws,
-        &invite("c1", &fixture("out-1_offer_browser-to-proxy_webrtc.sdp")),
-    )
-    .await;
+    ws_send(&mut ws, &invite("c1", &webrtc_offer())).await;
     loop {
         let r = ws_recv(&mut ws).await;
         if code(&r) == 180 {
@@ -423,11 +400,7 @@ async fn rtpengine_unreachable_gives_503_fast() {
     .await;
     let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
     let t0 = Instant::now();
-    ws_send(
-        &mut ws,
-        &invite("d1", &fixture("out-1_offer_browser-to-proxy_webrtc.sdp")),
-    )
-    .await;
+    ws_send(&mut ws, &invite("d1", &webrtc_offer())).await;
     let (resp, _) = final_response(&mut ws).await;
     assert_eq!(code(&resp), 503, "{resp}");
     assert!(!header_values(&resp, "Retry-After").is_empty(), "{resp}");
@@ -464,11 +437,7 @@ async fn websocket_dropped_mid_call_hangs_up_the_pbx() {
     })
     .await;
     let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
-    ws_send(
-        &mut ws,
-        &invite("w1", &fixture("out-1_offer_browser-to-proxy_webrtc.sdp")),
-    )
-    .await;
+    ws_send(&mut ws, &invite("w1", &webrtc_offer())).await;
     let (ok, _) = final_response(&mut ws).await;
     assert_eq!(code(&ok), 200);
     ws_send(&mut ws, &in_dialog("ACK", 1, "w1", &ok)).await;
@@ -556,7 +525,7 @@ async fn late_offer_through_the_gateway() {
     assert_eq!(code(&ok), 200, "{ok}");
     // The PBX's offer reaches the browser as WebRTC.
     assert_webrtc(body(&ok));
-    let answer = fixture("in-3_answer_browser-to-proxy_webrtc.sdp");
+    let answer = media_fixture("in-3_answer_browser-to-proxy_webrtc.sdp");
     let ack = in_dialog("ACK", 1, "l1", &ok).replace(
         "Content-Length: 0\r\n\r\n",
         &format!(
@@ -582,7 +551,7 @@ async fn many_calls_ending_every_way_leave_rtpengine_empty() {
         return;
     }
     let rtp = Daemon::start(&bin);
-    let offer = fixture("out-1_offer_browser-to-proxy_webrtc.sdp");
+    let offer = webrtc_offer();
     for round in 0..3 {
         // 1. Answered, browser hangs up.
         let port = free_udp_port().port();
@@ -714,11 +683,7 @@ async fn codec_policy_of_the_route_shapes_the_offer_to_the_pbx() {
     })
     .await;
     let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
-    ws_send(
-        &mut ws,
-        &invite("p1", &fixture("out-1_offer_browser-to-proxy_webrtc.sdp")),
-    )
-    .await;
+    ws_send(&mut ws, &invite("p1", &webrtc_offer())).await;
     let (ok, _) = final_response(&mut ws).await;
     assert_eq!(code(&ok), 200);
     ws_send(&mut ws, &in_dialog("ACK", 1, "p1", &ok)).await;

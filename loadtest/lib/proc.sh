@@ -44,3 +44,17 @@ proc_tree_ticks() { # pid -> sum of utime+stime over pid and its descendants
 ticks_to_seconds() { # ticks -> seconds with 2 decimals
 	awk -v t="$1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f\n", t / hz }'
 }
+
+proc_stop() { # pid name: SIGTERM, up to 5 s, then SIGKILL; reaps it (our child)
+	local pid=$1 i
+	[[ -n $pid ]] || return 0
+	kill -0 "$pid" 2>/dev/null || return 0
+	kill -TERM "$pid" 2>/dev/null || true
+	for ((i = 0; i < 50; i++)); do
+		kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+		sleep 0.1
+	done
+	echo "$2 ($pid) did not stop on SIGTERM, sending SIGKILL" >&2
+	kill -KILL "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+}

@@ -24,6 +24,8 @@
 _GW_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=ports.sh
 . "$_GW_DIR/ports.sh"
+# shellcheck source=proc.sh
+. "$_GW_DIR/proc.sh"
 
 GW_IP=${GW_IP:-127.0.0.1}
 GW_PBX_IP=${GW_PBX_IP:-127.0.0.2}
@@ -136,24 +138,10 @@ TOML
 	return 1
 }
 
-_gw_stop_pid() { # pid name
-	local pid=$1 i
-	[[ -n $pid ]] || return 0
-	kill -0 "$pid" 2>/dev/null || return 0
-	kill -TERM "$pid" 2>/dev/null || true
-	for ((i = 0; i < 50; i++)); do
-		kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-		sleep 0.1
-	done
-	echo "$2 ($pid) did not stop on SIGTERM, sending SIGKILL" >&2
-	kill -KILL "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-}
-
 gw_stack_stop() {
-	_gw_stop_pid "$GW_PID" rtcgate
+	proc_stop "$GW_PID" rtcgate
 	GW_PID=
-	_gw_stop_pid "$GW_RTPE_PID" rtpengine
+	proc_stop "$GW_RTPE_PID" rtpengine
 	GW_RTPE_PID=
 }
 

@@ -26,6 +26,8 @@
 _REF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=../lib/ports.sh
 . "$_REF_DIR/../lib/ports.sh"
+# shellcheck source=../lib/proc.sh
+. "$_REF_DIR/../lib/proc.sh"
 
 REF_IP=${REF_IP:-127.0.0.1}
 REF_PBX_IP=${REF_PBX_IP:-127.0.0.2}
@@ -106,24 +108,10 @@ ref_stack_start() { # rundir users.csv
 	return 1
 }
 
-_ref_stop_pid() { # pid name
-	local pid=$1 i
-	[[ -n $pid ]] || return 0
-	kill -0 "$pid" 2>/dev/null || return 0
-	kill -TERM "$pid" 2>/dev/null || true
-	for ((i = 0; i < 50; i++)); do
-		kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-		sleep 0.1
-	done
-	echo "$2 ($pid) did not stop on SIGTERM, sending SIGKILL" >&2
-	kill -KILL "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-}
-
 ref_stack_stop() {
-	_ref_stop_pid "$REF_KAM_PID" kamailio
+	proc_stop "$REF_KAM_PID" kamailio
 	REF_KAM_PID=
-	_ref_stop_pid "$REF_RTPE_PID" rtpengine
+	proc_stop "$REF_RTPE_PID" rtpengine
 	REF_RTPE_PID=
 }
 
