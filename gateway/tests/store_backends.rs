@@ -170,6 +170,7 @@ on_all_backends!(
     sql_metacharacters_in_user_name,
     restart_keeps_live_registrations,
     flow_close_removes_its_bindings,
+    concurrent_updates_are_group_committed,
     subscriber_admin_and_typed_errors,
     call_records_insert_update_list,
     call_records_batch_from_accounting,
@@ -638,6 +639,87 @@ async fn flow_close_removes_its_bindings(url: String) {
         .find(|b| b.node_id == "node-2")
         .unwrap();
     assert_eq!(round, foreign);
+    node.store.close().await;
+}
+
+/// Many REGISTERs at once go through the group-commit writer: each waits for
+/// its own commit, the batch holds upserts and removals of many AORs (and a
+/// job that writes the same row twice), and the table ends exactly as the
+/// changes applied one by one would leave it.
+async fn concurrent_updates_are_group_committed(url: String) {
+    let node = Node::start(&url, T0).await;
+    let binding = |aor: &str, contact: &str, cseq: u32| Binding {
+        aor: aor.into(),
+        contact: contact.into(),
+        expires_at: T0 + 300,
+        q: 1000,
+        path: vec![],
+        received: Some("127.0.0.1:5060".into()),
+        flow_id: Some(format!("flow-{aor}")),
+        node_id: "node-1".into(),
+        instance: None,
+        reg_id: None,
+        user_agent: Some("ua".into()),
+        call_id: "c".into(),
+        cseq,
+        updated_at: T0,
+    };
+    let aors: Vec<String> = (0..200).map(|i| format!("sip:u{i}@example.com")).collect();
+    // Round 1: two contacts per AOR, the first written twice in the same job.
+    let writes = aors.iter().map(|aor| {
+        let (node, aor) = (&node, aor.clone());
+        async move {
+            node.location
+                .update(&aor, |_| {
+                    (
+                        vec![
+                            BindingChange::Upsert(binding(&aor, "sip:a@h", 1)),
+                            BindingChange::Upsert(binding(&aor, "sip:b@h", 1)),
+                            BindingChange::Upsert(binding(&aor, "sip:a@h", 2)),
+                        ],
+                        (),
+                    )
+                })
+                .await
+        }
+    });
+    for r in futures_util::future::join_all(writes).await {
+        r.unwrap();
+    }
+    // Round 2: every other AOR drops contact b; the rest refresh it.
+    let writes = aors.iter().enumerate().map(|(i, aor)| {
+        let (node, aor) = (&node, aor.clone());
+        async move {
+            node.location
+                .update(&aor, |_| {
+                    let c = if i % 2 == 0 {
+                        BindingChange::Remove {
+                            aor: aor.clone(),
+                            contact: "sip:b@h".into(),
+                        }
+                    } else {
+                        BindingChange::Upsert(binding(&aor, "sip:b@h", 3))
+                    };
+                    (vec![c], ())
+                })
+                .await
+        }
+    });
+    for r in futures_util::future::join_all(writes).await {
+        r.unwrap();
+    }
+    for (i, aor) in aors.iter().enumerate() {
+        let mut db = node.store.list_bindings(aor).await.unwrap();
+        db.sort_by(|x, y| x.contact.cmp(&y.contact));
+        let mut want = vec![binding(aor, "sip:a@h", 2)];
+        if i % 2 == 1 {
+            want.push(binding(aor, "sip:b@h", 3));
+        }
+        assert_eq!(db, want, "{aor}");
+        let mut cached = node.location.lookup(aor, T0);
+        cached.sort_by(|x, y| x.contact.cmp(&y.contact));
+        assert_eq!(cached, want, "{aor} (cache)");
+    }
     node.store.close().await;
 }
 

@@ -13,7 +13,7 @@
 #   (wss://), GW_NG_PORT, GW_PBX_PORT (run pbx_uas*.xml there), GW_ADMIN_PORT,
 #   GW_PID, GW_RTPE_PID, GW_RUNDIR, GW_CA (the dev CA to trust), GW_BIN,
 #   GW_LOAD_BIN (rtcgate-load).
-# Tunables: GW_RTP_PORTS (10000), GW_RTPE_THREADS (2), GW_LOG (warn),
+# Tunables: GW_BIN_OVERRIDE (binary to run), GW_RTP_PORTS (10000), GW_RTPE_THREADS (2), GW_LOG (warn),
 #   GW_EXTRA_TOML (appended after the config's [limits] table: bare keys change
 #   limits, e.g. "udp_rate = 5000"; further tables add sections).
 # The config mirrors kamailio.cfg: users authenticate (REGISTER 401, INVITE
@@ -36,7 +36,8 @@ GW_RTPE_PID=
 gw_build() {
 	export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${RTCGATE_CACHE:-$HOME/.cache/rtcgate}/target}"
 	(cd "$_GW_DIR/../.." && cargo build --release -p rtcgate -p loadtest --quiet) || return 1
-	GW_BIN=$CARGO_TARGET_DIR/release/rtcgate
+	# GW_BIN_OVERRIDE: another rtcgate binary or a wrapper (e.g. under heaptrack).
+	GW_BIN=${GW_BIN_OVERRIDE:-$CARGO_TARGET_DIR/release/rtcgate}
 	# shellcheck disable=SC2034 # read by the caller
 	GW_LOAD_BIN=$CARGO_TARGET_DIR/release/rtcgate-load
 }

@@ -1,6 +1,7 @@
 //! Location table operations (registrations). The in-memory front is
 //! [`LocationService`](super::LocationService).
 
+use super::batch::Coalesced;
 use super::model::{BindingRow, join_path};
 use super::{Backend, Binding, BindingChange, Store, StoreError, binding_key, with_sql};
 
@@ -75,6 +76,59 @@ macro_rules! apply_in_tx {
     }};
 }
 
+const COLUMNS: &str = "INSERT INTO location (id, aor, contact, expires_at, q, path, received, flow_id, node_id, instance, reg_id, user_agent, call_id, cseq, updated_at) ";
+const ON_CONFLICT: &str = " ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at, q = excluded.q, path = excluded.path, \
+     received = excluded.received, flow_id = excluded.flow_id, node_id = excluded.node_id, instance = excluded.instance, \
+     reg_id = excluded.reg_id, user_agent = excluded.user_agent, call_id = excluded.call_id, cseq = excluded.cseq, \
+     updated_at = excluded.updated_at";
+const ON_DUPLICATE: &str = " ON DUPLICATE KEY UPDATE expires_at = VALUES(expires_at), q = VALUES(q), path = VALUES(path), \
+     received = VALUES(received), flow_id = VALUES(flow_id), node_id = VALUES(node_id), instance = VALUES(instance), \
+     reg_id = VALUES(reg_id), user_agent = VALUES(user_agent), call_id = VALUES(call_id), cseq = VALUES(cseq), \
+     updated_at = VALUES(updated_at)";
+/// Rows per multi-row statement: 15 parameters each stays far below every
+/// dialect's bind limit (SQLite 32766, MySQL and PostgreSQL 65535).
+const ROWS_PER_STATEMENT: usize = 256;
+
+/// Writes a [`Coalesced`] batch in one transaction on a concrete pool: multi-row
+/// deletes, then multi-row upserts (the two sets never share a key).
+macro_rules! apply_coalesced_in_tx {
+    ($db:ty, $pool:expr, $folded:expr, $conflict:expr) => {{
+        let mut tx = $pool.begin().await?;
+        for keys in $folded.deletes.chunks(ROWS_PER_STATEMENT) {
+            let mut q = sqlx::QueryBuilder::<$db>::new("DELETE FROM location WHERE id IN (");
+            let mut list = q.separated(", ");
+            for k in keys {
+                list.push_bind(k.as_str());
+            }
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
+        }
+        for rows in $folded.upserts.chunks(ROWS_PER_STATEMENT) {
+            let mut q = sqlx::QueryBuilder::<$db>::new(COLUMNS);
+            q.push_values(rows, |mut t, b| {
+                t.push_bind(b.key())
+                    .push_bind(b.aor.as_str())
+                    .push_bind(b.contact.as_str())
+                    .push_bind(b.expires_at)
+                    .push_bind(i64::from(b.q))
+                    .push_bind(join_path(&b.path))
+                    .push_bind(b.received.as_deref())
+                    .push_bind(b.flow_id.as_deref())
+                    .push_bind(b.node_id.as_str())
+                    .push_bind(b.instance.as_deref())
+                    .push_bind(b.reg_id.map(i64::from))
+                    .push_bind(b.user_agent.as_deref())
+                    .push_bind(b.call_id.as_str())
+                    .push_bind(i64::from(b.cseq))
+                    .push_bind(b.updated_at);
+            });
+            q.push($conflict);
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+    }};
+}
+
 impl Store {
     /// Inserts or refreshes one binding.
     pub async fn upsert_binding(&self, b: &Binding) -> Result<(), StoreError> {
@@ -97,6 +151,19 @@ impl Store {
             Backend::Sqlite(p) => apply_in_tx!(p, changes, UPSERT_SQLITE, DELETE_QM),
             Backend::MySql(p) => apply_in_tx!(p, changes, UPSERT_MYSQL, DELETE_QM),
             Backend::Postgres(p) => apply_in_tx!(p, changes, UPSERT_PG, DELETE_PG),
+        }
+        Ok(())
+    }
+
+    /// Writes a coalesced batch of registrar changes atomically (group commit).
+    pub(crate) async fn apply_coalesced(&self, folded: &Coalesced) -> Result<(), StoreError> {
+        if folded.upserts.is_empty() && folded.deletes.is_empty() {
+            return Ok(());
+        }
+        match &self.backend {
+            Backend::Sqlite(p) => apply_coalesced_in_tx!(sqlx::Sqlite, p, folded, ON_CONFLICT),
+            Backend::MySql(p) => apply_coalesced_in_tx!(sqlx::MySql, p, folded, ON_DUPLICATE),
+            Backend::Postgres(p) => apply_coalesced_in_tx!(sqlx::Postgres, p, folded, ON_CONFLICT),
         }
         Ok(())
     }

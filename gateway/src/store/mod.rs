@@ -6,6 +6,7 @@
 //! Migrations are embedded per dialect and applied by [`Store::connect`].
 
 mod admin;
+mod batch;
 mod calls;
 mod error;
 mod location;

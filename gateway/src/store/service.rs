@@ -1,9 +1,9 @@
 //! `LocationService`: the in-memory location cache in front of the `location` table.
 //!
-//! Reads (call routing) never touch the database. Writes go to the database first and
-//! then to the cache, under a per-AOR lock so that concurrent REGISTERs for one AOR are
-//! serialised; if the database write fails the cache is left unchanged and the caller
-//! answers 503.
+//! Reads (call routing) never touch the database. Writes go to the database first (in
+//! group commits, see `batch`) and then to the cache, under a per-AOR lock so that
+//! concurrent REGISTERs for one AOR are serialised; if the database write fails the
+//! cache is left unchanged and the caller answers 503.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -12,6 +12,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::Mutex;
 
+use super::batch::BindingWriter;
 use super::{Binding, BindingChange, Store, StoreError};
 
 const LOCK_SHARDS: usize = 64;
@@ -20,6 +21,7 @@ const LOCK_SHARDS: usize = 64;
 #[derive(Debug)]
 pub struct LocationService {
     store: Store,
+    writer: BindingWriter,
     node_id: String,
     cache: RwLock<HashMap<String, Vec<Binding>>>,
     locks: [Mutex<()>; LOCK_SHARDS],
@@ -45,6 +47,7 @@ impl LocationService {
             "location cache loaded"
         );
         Ok(Self {
+            writer: BindingWriter::spawn(store.clone()),
             store,
             node_id: node_id.into(),
             cache: RwLock::new(cache),
@@ -133,8 +136,11 @@ impl LocationService {
         let _guard = self.lock_for(aor).lock().await;
         let current = self.read().get(aor).cloned().unwrap_or_default();
         let (changes, out) = decide(&current);
-        self.store.apply_binding_changes(&changes).await?;
-        self.apply_to_cache(&changes);
+        if !changes.is_empty() {
+            // Group commit: waits until the change is in the database.
+            self.writer.apply(changes.clone()).await?;
+            self.apply_to_cache(&changes);
+        }
         Ok(out)
     }
 
@@ -176,10 +182,7 @@ impl LocationService {
                 !list.is_empty()
             });
         }
-        let n = self
-            .store
-            .remove_flow_bindings(&self.node_id, flow_id)
-            .await?;
+        let n = self.writer.remove_flow(&self.node_id, flow_id).await?;
         tracing::debug!(
             flow_id,
             removed,

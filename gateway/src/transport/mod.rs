@@ -164,7 +164,9 @@ pub struct Transports {
 }
 
 struct Inner {
-    udp: Mutex<Vec<Arc<tokio::net::UdpSocket>>>,
+    /// Each socket with its bound address (asked once: `getsockname` per send showed
+    /// up in profiles).
+    udp: Mutex<Vec<(SocketAddr, Arc<tokio::net::UdpSocket>)>>,
     flows: Mutex<HashMap<FlowId, FlowEntry>>,
     /// Open connections per source IP, and in total.
     per_ip: Mutex<(HashMap<IpAddr, usize>, usize)>,
@@ -278,31 +280,31 @@ impl Transports {
     /// The UDP socket to send to `addr` from (same address family; loopback
     /// to loopback when possible).
     pub fn udp_socket_for(&self, addr: SocketAddr) -> Option<Arc<tokio::net::UdpSocket>> {
+        self.udp_pick(addr).map(|(_, s)| s)
+    }
+
+    fn udp_pick(&self, addr: SocketAddr) -> Option<(SocketAddr, Arc<tokio::net::UdpSocket>)> {
         let sockets = lock(&self.inner.udp);
-        let same_family = |s: &&Arc<tokio::net::UdpSocket>| {
-            s.local_addr()
-                .map(|l| l.is_ipv4() == addr.is_ipv4())
-                .unwrap_or(false)
-        };
+        let same_family =
+            |(l, _): &&(SocketAddr, Arc<tokio::net::UdpSocket>)| l.is_ipv4() == addr.is_ipv4();
         sockets
             .iter()
             .filter(same_family)
-            .find(|s| {
-                s.local_addr()
-                    .map(|l| l.ip().is_loopback() == addr.ip().is_loopback())
-                    .unwrap_or(false)
-            })
+            .find(|(l, _)| l.ip().is_loopback() == addr.ip().is_loopback())
             .or_else(|| sockets.iter().find(same_family))
             .cloned()
     }
 
     /// The local address of the UDP socket used toward `addr`.
     pub fn udp_local_for(&self, addr: SocketAddr) -> Option<SocketAddr> {
-        self.udp_socket_for(addr).and_then(|s| s.local_addr().ok())
+        self.udp_pick(addr).map(|(l, _)| l)
     }
 
     pub(crate) fn add_udp(&self, socket: Arc<tokio::net::UdpSocket>) {
-        lock(&self.inner.udp).push(socket);
+        // A socket whose address cannot be read cannot be chosen by family either.
+        if let Ok(local) = socket.local_addr() {
+            lock(&self.inner.udp).push((local, socket));
+        }
     }
 
     /// Reserves a connection slot for `ip`; `None` when a limit is reached.

@@ -112,14 +112,26 @@ async fn serve_connection(
                     return;
                 }
             };
-            serve_http(stream, peer, true, deadline, settings, transports, handler).await;
+            // Boxed: the TLS state (~1.2 KiB) then lives once on the heap instead of
+            // in every async frame it passes through (an idle connection's task was
+            // 7.3 KiB with it inline, see docs/BENCHMARKS.md).
+            serve_http(
+                Box::new(stream),
+                peer,
+                true,
+                deadline,
+                settings,
+                transports,
+                handler,
+            )
+            .await;
         }
         None => serve_http(tcp, peer, false, deadline, settings, transports, handler).await,
     }
 }
 
 async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-    mut stream: S,
+    stream: S,
     peer: SocketAddr,
     secure: bool,
     deadline: Instant,
@@ -127,6 +139,22 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     transports: Transports,
     handler: Arc<dyn Handler>,
 ) {
+    // The request head and the handshake's buffers are gone before the flow runs:
+    // only what a flow needs stays allocated for the connection's lifetime.
+    if let Some(ws) = upgrade(stream, peer, deadline, &settings, &transports).await {
+        run_flow(ws, peer, secure, settings, transports, handler).await;
+    }
+}
+
+/// Reads the HTTP request: answers plain routes and refused upgrades itself,
+/// returns the WebSocket for an accepted upgrade.
+async fn upgrade<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    mut stream: S,
+    peer: SocketAddr,
+    deadline: Instant,
+    settings: &ListenerSettings,
+    transports: &Transports,
+) -> Option<WebSocketStream<S>> {
     let (head, rest) = match tokio::time::timeout_at(
         deadline,
         http::read_head(&mut stream, settings.ws.max_http_head),
@@ -144,7 +172,7 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 b"request head too large\n",
             )
             .await;
-            return;
+            return None;
         }
         Ok(Err(http::HeadError::Malformed(_))) => {
             let _ = http::respond(
@@ -156,16 +184,16 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 b"malformed HTTP request\n",
             )
             .await;
-            return;
+            return None;
         }
-        Ok(Err(_)) => return,
+        Ok(Err(_)) => return None,
         Err(_) => {
             transports
                 .counters()
                 .handshake_timeouts
                 .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%peer, "HTTP handshake timed out");
-            return;
+            return None;
         }
     };
     if head.is_websocket_upgrade() {
@@ -188,7 +216,7 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 ),
             )
             .await;
-            return;
+            return None;
         };
         let response = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\nSec-WebSocket-Protocol: sip\r\nServer: {}\r\n\r\n",
@@ -199,20 +227,20 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             .await
             .map_or(true, |r| r.is_err())
         {
-            return;
+            return None;
         }
         let config = WebSocketConfig::default()
             .max_message_size(Some(settings.ws.max_message_size))
             .max_frame_size(Some(settings.ws.max_frame_size))
-            // Small buffers: most SIP messages are under 4 KiB, and memory per
-            // idle connection is what limits how many browsers one box holds.
-            .read_buffer_size(4096)
+            // Small buffers: memory per idle connection is what limits how many
+            // browsers one box holds. A REGISTER fits in 1 KiB; a larger message
+            // grows the buffer to its frame length (tungstenite reserves it).
+            .read_buffer_size(1024)
             .write_buffer_size(0);
-        let ws =
-            WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;
-        run_flow(ws, peer, secure, settings, transports, handler).await;
+        Some(WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await)
     } else {
-        serve_route(&mut stream, &head, &settings).await;
+        serve_route(&mut stream, &head, settings).await;
+        None
     }
 }
 
