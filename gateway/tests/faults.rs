@@ -229,6 +229,61 @@ async fn websocket_reset_mid_call_ends_every_call_of_the_flow() {
     wait_no_sessions(&rtp).await;
 }
 
+/// A browser that takes the 200 and never sends the ACK (it crashed, or its
+/// answer was lost): after 64·T1 rtcgate ends the call on both sides and
+/// deletes the rtpengine session, instead of holding both until the maximum
+/// call duration.
+#[tokio::test]
+async fn answered_call_never_acknowledged_is_ended_and_its_media_deleted() {
+    let Some(bin) = need_rtpengine() else { return };
+    if !require("sipp", which("sipp").is_some()) {
+        return;
+    }
+    let rtp = Daemon::start(&bin);
+    let ng = rtp.ng;
+    let Some(pbx) = SippRun::spawn("pbx_no_ack.xml", &["-m", "1"]) else {
+        return;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gw = TestGateway::start_with(|c| {
+        c.rtpengine = Daemon::config(&rtp);
+        c.rtpengine.enabled = true;
+        c.rtpengine.instances = vec![RtpengineInstance {
+            address: ng,
+            weight: 1,
+        }];
+        // 64·T1 = 3.2 s instead of 32 s.
+        c.sip.t1_ms = 50;
+        c.routes = route_to(pbx.port);
+    })
+    .await;
+    let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
+    ws_send(&mut ws, &ws_invite("noack1", "1001", &webrtc_offer())).await;
+    let (ok, seen) = ws_final(&mut ws).await;
+    assert_eq!(sip_status(&ok), Some(200), "{seen:?}\n{ok}");
+    let t0 = Instant::now();
+    assert_eq!(rtp.calls().len(), 1, "the call is in rtpengine");
+    // No ACK. The browser hears the 2xx again, then rtcgate's BYE.
+    let bye = loop {
+        let m = ws_recv_within(&mut ws, Duration::from_secs(10))
+            .await
+            .expect("a BYE from rtcgate within 10 s");
+        if sip_method(&m).as_deref() == Some("BYE") {
+            break m;
+        }
+        assert_eq!(sip_status(&m), Some(200), "only 2xx retransmissions: {m}");
+    };
+    let waited = t0.elapsed();
+    assert!(bye.contains("No ACK for the 2xx"), "BYE says why: {bye}");
+    assert_eq!(sip_header(&bye, "Call-ID"), "noack1@br.invalid");
+    assert!(
+        pbx.finish(Duration::from_secs(10)).await,
+        "the PBX did not get its BYE"
+    );
+    eprintln!("call given up {waited:?} after the unacknowledged 2xx");
+    wait_no_sessions(&rtp).await;
+}
+
 /// A SIP WebSocket (plain ws, no Origin) over an existing TCP stream.
 async fn ws_over(tcp: tokio::net::TcpStream, addr: SocketAddr) -> Ws {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -472,10 +527,13 @@ async fn database_killed_then_restarted_postgres() {
 
     pg.kill();
 
-    // Every REGISTER meanwhile: 503 with Retry-After, bounded by the
-    // pool's acquire timeout (3 s), never a hang or a dropped answer.
-    for cseq in 1..=3 {
+    // Every REGISTER meanwhile: 503 with Retry-After, never a hang or a
+    // dropped answer. The first waits out the pool's acquire timeout (3 s);
+    // then the circuit breaker answers the others at once.
+    let mut took_all = Vec::new();
+    for cseq in 1..=4 {
         let (r, took) = register_timed(&mut ws, "3002", cseq).await;
+        took_all.push(took);
         eprintln!(
             "REGISTER with the database down: {:?} in {took:?}",
             sip_status(&r)
@@ -490,6 +548,14 @@ async fn database_killed_then_restarted_postgres() {
         );
         assert!(took < Duration::from_secs(5), "answer took {took:?}");
     }
+    let fast = took_all[1..]
+        .iter()
+        .filter(|t| **t < Duration::from_secs(1))
+        .count();
+    assert!(
+        fast >= 2,
+        "the breaker did not fail REGISTERs fast: {took_all:?}"
+    );
     // The process is alive and still answers what needs no database.
     ws_send(&mut ws, &options("WS", "dbdown", "localhost")).await;
     assert_eq!(sip_status(&ws_recv(&mut ws).await), Some(200));

@@ -113,6 +113,10 @@ pub enum EndCause {
     MaxDuration,
     /// An operator hung the call up.
     AdminHangup,
+    /// The caller never acknowledged the 2xx (64·T1 passed without its ACK).
+    NoAck,
+    /// The dialog table was full and this dialog was the one given up.
+    TableFull,
 }
 
 impl EndCause {
@@ -124,6 +128,8 @@ impl EndCause {
             Self::WsDropped => "ws_drop",
             Self::MaxDuration => "max_duration",
             Self::AdminHangup => "admin_hangup",
+            Self::NoAck => "no_ack",
+            Self::TableFull => "table_full",
         }
     }
 
@@ -134,6 +140,8 @@ impl EndCause {
             Self::WsDropped => "WebSocket closed",
             Self::MaxDuration => "Maximum call duration",
             Self::AdminHangup => "Administrative hangup",
+            Self::NoAck => "No ACK for the 2xx",
+            Self::TableFull => "Dialog table full",
         }
     }
 }
@@ -175,6 +183,9 @@ pub struct Dialog {
     pub caller: Side,
     /// The side that answered it.
     pub callee: Side,
+    /// The caller's ACK for the 2xx (or any later request in the dialog)
+    /// passed: the dialog is known to be alive on both ends.
+    pub acked: bool,
 }
 
 impl Dialog {
@@ -221,31 +232,51 @@ impl Dialogs {
         self.by_call.is_empty()
     }
 
-    /// Records a dialog (the first 2xx of an initial INVITE).
-    pub fn insert(&mut self, d: Dialog) {
-        if self.by_call.len() >= self.max && !self.by_call.contains_key(&d.call_id) {
-            // Drop an arbitrary old one rather than grow without bound.
-            if let Some(k) = self.by_call.keys().next().cloned() {
-                self.remove(&k);
-            }
-        }
+    /// Records a dialog (the first 2xx of an initial INVITE). When the table
+    /// is full an arbitrary other dialog is given up and returned, so the
+    /// caller can end it properly (BYE, rtpengine delete) instead of
+    /// forgetting a live call.
+    pub fn insert(&mut self, d: Dialog) -> Option<Dialog> {
         if self.by_call.contains_key(&d.call_id) {
-            return;
+            return None;
         }
+        let evicted = if self.by_call.len() >= self.max {
+            let k = self.by_call.keys().next().cloned();
+            k.and_then(|k| self.remove(&k))
+        } else {
+            None
+        };
         for f in d.flows() {
             self.by_flow.entry(f).or_default().push(d.call_id.clone());
         }
         self.by_call.insert(d.call_id.clone(), d);
+        evicted
     }
 
     /// Notes the CSeq of an in-dialog request sent by the side with `from_tag`.
     pub fn saw_request(&mut self, call_id: &str, from_tag: &str, cseq: u32) {
         if let Some(d) = self.by_call.get_mut(call_id) {
+            let mut known = false;
             for side in [&mut d.caller, &mut d.callee] {
-                if side.tag == from_tag && cseq > side.cseq {
-                    side.cseq = cseq;
+                if side.tag == from_tag {
+                    known = true;
+                    if cseq > side.cseq {
+                        side.cseq = cseq;
+                    }
                 }
             }
+            // Either side speaking in the dialog proves the 2xx arrived.
+            d.acked |= known;
+        }
+    }
+
+    /// Notes an ACK from the caller (`from_tag`) to the callee (`to_tag`).
+    pub fn saw_ack(&mut self, call_id: &str, from_tag: &str, to_tag: &str) {
+        if let Some(d) = self.by_call.get_mut(call_id)
+            && d.caller.tag == from_tag
+            && d.callee.tag == to_tag
+        {
+            d.acked = true;
         }
     }
 
@@ -324,6 +355,7 @@ mod tests {
                 route: vec![],
                 cseq: 0,
             },
+            acked: false,
         }
     }
 
@@ -370,13 +402,38 @@ mod tests {
     }
 
     #[test]
+    fn ack_and_in_dialog_requests_mark_the_dialog_alive() {
+        let mut t = Dialogs::new(10);
+        t.insert(dialog());
+        t.saw_ack("c1", "b", "a");
+        t.saw_ack("c1", "a", "x");
+        assert!(!t.get("c1").unwrap().acked, "wrong tags prove nothing");
+        t.saw_ack("c1", "a", "b");
+        assert!(t.get("c1").unwrap().acked);
+
+        let mut d = dialog();
+        d.call_id = "c2".into();
+        t.insert(d);
+        t.saw_request("c2", "zz", 9);
+        assert!(!t.get("c2").unwrap().acked);
+        t.saw_request("c2", "b", 1);
+        assert!(t.get("c2").unwrap().acked, "the callee's re-INVITE or BYE");
+    }
+
+    #[test]
     fn bounded() {
         let mut t = Dialogs::new(2);
+        let mut evicted = Vec::new();
         for i in 0..5 {
             let mut d = dialog();
             d.call_id = format!("c{i}");
-            t.insert(d);
+            evicted.extend(t.insert(d).map(|d| d.call_id));
         }
+        assert_eq!(t.len(), 2);
+        assert_eq!(evicted.len(), 3, "every dialog given up is handed back");
+        let mut again = dialog();
+        again.call_id = "c4".into();
+        assert!(t.insert(again).is_none(), "a known dialog evicts nothing");
         assert_eq!(t.len(), 2);
         // The flow index follows evictions and removals.
         let left: usize = (0..5)

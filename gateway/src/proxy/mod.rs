@@ -365,6 +365,11 @@ pub struct Proxy {
     /// When confirmed dialogs time out (lazy deletion: an entry whose dialog
     /// is gone is skipped).
     call_deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, String)>>,
+    /// When answered calls whose ACK has not passed are given up (64·T1
+    /// after the 2xx, §13.3.1.4): a caller that vanished after the 2xx must
+    /// not leave a dialog and its rtpengine session behind.
+    ack_deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, String)>>,
+    ack_wait: std::time::Duration,
     /// No-answer deadlines of serial branches (lazy deletion: a branch that
     /// got a response meanwhile is skipped).
     failover_deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u64)>>,
@@ -401,6 +406,7 @@ impl Proxy {
         flows: Arc<dyn Flows>,
     ) -> Self {
         Self {
+            ack_wait: config.transactions.timers.t1 * 64,
             txns: TransactionLayer::new(config.transactions),
             local,
             keyed: Keyed::default(),
@@ -420,6 +426,7 @@ impl Proxy {
             started: std::collections::HashSet::new(),
             max_call_duration: config.max_call_duration,
             call_deadlines: std::collections::BinaryHeap::new(),
+            ack_deadlines: std::collections::BinaryHeap::new(),
             failover_deadlines: std::collections::BinaryHeap::new(),
             failover_branches: HashMap::new(),
             forwards: HashMap::new(),
@@ -456,7 +463,8 @@ impl Proxy {
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let calls = self.call_deadlines.peek().map(|r| r.0.0);
         let failover = self.failover_deadlines.peek().map(|r| r.0.0);
-        [self.txns.poll_timeout(), calls, failover]
+        let acks = self.ack_deadlines.peek().map(|r| r.0.0);
+        [self.txns.poll_timeout(), calls, failover, acks]
             .into_iter()
             .flatten()
             .min()
@@ -521,6 +529,24 @@ impl Proxy {
                     }));
                 }
                 self.teardown(now, &call_id, dialog::EndCause::MaxDuration);
+            }
+        }
+        while let Some(std::cmp::Reverse((at, _))) = self.ack_deadlines.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(std::cmp::Reverse((_, call_id))) = self.ack_deadlines.pop() else {
+                break;
+            };
+            if self.dialogs.get(&call_id).is_some_and(|d| !d.acked) {
+                tracing::info!(%call_id, "no ACK for the 2xx: call given up");
+                if self.media {
+                    self.tasks.push_back(Task::Media(MediaTask::Terminate {
+                        call_id: call_id.clone(),
+                        reason: crate::media::EndReason::DialogTimeout,
+                    }));
+                }
+                self.teardown(now, &call_id, dialog::EndCause::NoAck);
             }
         }
         self.drain(now);
@@ -934,9 +960,14 @@ impl Proxy {
 
     /// Sends BYE to every side of a dialog whose transport is still up.
     fn teardown(&mut self, now: Instant, call_id: &str, cause: dialog::EndCause) {
-        let Some(d) = self.dialogs.remove(call_id) else {
-            return;
-        };
+        if let Some(d) = self.dialogs.remove(call_id) {
+            self.teardown_dialog(now, d, cause);
+        }
+    }
+
+    /// [`Self::teardown`] of a dialog already taken out of the table.
+    fn teardown_dialog(&mut self, now: Instant, d: dialog::Dialog, cause: dialog::EndCause) {
+        let call_id = d.call_id.as_str();
         self.dialog_event(
             now,
             call_id.to_owned(),
@@ -969,7 +1000,12 @@ impl Proxy {
                 tracing::warn!(call_id, "could not build the teardown BYE");
                 continue;
             };
-            tracing::info!(call_id, to_caller, "BYE on behalf of a vanished browser");
+            tracing::info!(
+                call_id,
+                to_caller,
+                cause = cause.as_str(),
+                "BYE from rtcgate"
+            );
             if let Err(e) = self.txns.send_request(now, bye, dest, kind.reliable()) {
                 tracing::warn!(call_id, error = %e, "teardown BYE not sent");
             }
@@ -994,7 +1030,7 @@ impl Proxy {
     }
 
     /// Records the dialog a 2xx to an initial INVITE establishes.
-    fn record_dialog(&mut self, skey: ServerKey, idx: usize, resp: &rsip::Response) {
+    fn record_dialog(&mut self, now: Instant, skey: ServerKey, idx: usize, resp: &rsip::Response) {
         let Some(fwd) = self.forwards.get(&skey) else {
             return;
         };
@@ -1071,8 +1107,18 @@ impl Proxy {
                 route: downstream,
                 cseq: 0,
             },
+            acked: false,
         };
-        self.dialogs.insert(d);
+        if let Some(old) = self.dialogs.insert(d) {
+            tracing::warn!(call_id = %old.call_id, "dialog table full: a tracked call ended to make room");
+            if self.media {
+                self.tasks.push_back(Task::Media(MediaTask::Terminate {
+                    call_id: old.call_id.clone(),
+                    reason: crate::media::EndReason::DialogTimeout,
+                }));
+            }
+            self.teardown_dialog(now, old, dialog::EndCause::TableFull);
+        }
     }
 
     /// A checked message from a transport.
@@ -1647,6 +1693,15 @@ impl Proxy {
             tracing::info!(method = %req.method, peer = %source.peer(), "stateless request outside any known dialog dropped (no relay)");
             return;
         }
+        if req.method == rsip::Method::Ack
+            && let (Some(from_tag), Some(to_tag)) = (
+                tag_of_header(&req, |h| matches!(h, rsip::Header::From(_))),
+                tag_of_header(&req, |h| matches!(h, rsip::Header::To(_))),
+            )
+        {
+            self.dialogs
+                .saw_ack(&call_id_of(&req.headers), &from_tag, &to_tag);
+        }
         route::set_routes(&mut req, &routes);
         route::lower_transport_param(&mut req.uri);
         set_max_forwards(&mut req);
@@ -2016,11 +2071,14 @@ impl Proxy {
                                 dialog::DialogEventKind::Confirmed { destination },
                             );
                         }
-                        self.record_dialog(skey, idx, &resp);
-                        if let Some(max) = self.max_call_duration
-                            && self.dialogs.get(&call_id_of(&resp.headers)).is_some()
-                        {
-                            self.schedule_call_deadline(now + max, call_id_of(&resp.headers));
+                        self.record_dialog(now, skey, idx, &resp);
+                        let call_id = call_id_of(&resp.headers);
+                        if self.dialogs.get(&call_id).is_some() {
+                            if let Some(max) = self.max_call_duration {
+                                self.schedule_call_deadline(now + max, call_id.clone());
+                            }
+                            self.ack_deadlines
+                                .push(std::cmp::Reverse((now + self.ack_wait, call_id)));
                         }
                     }
                     self.cancel_branches(now, skey, Some(idx));

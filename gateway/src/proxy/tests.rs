@@ -22,6 +22,15 @@ const CALLER: &str = "127.0.0.1:5070";
 const PBX: &str = "127.0.0.1:5080";
 
 fn proxy() -> Proxy {
+    proxy_with_media(false)
+}
+
+/// A proxy that bridges media (its [`MediaTask`]s are left to the test).
+fn media_proxy() -> Proxy {
+    proxy_with_media(true)
+}
+
+fn proxy_with_media(media: bool) -> Proxy {
     let local = Local {
         udp: vec!["127.0.0.1:5060".parse().unwrap()],
         domains: vec!["localhost".into()],
@@ -41,7 +50,7 @@ fn proxy() -> Proxy {
             transactions: TransactionConfig::default(),
             auth_required: false,
             trusted: vec![],
-            media: false,
+            media,
             max_call_duration: Some(std::time::Duration::from_secs(3600)),
             pending: Default::default(),
         },
@@ -220,6 +229,8 @@ fn calls_are_hung_up_at_the_maximum_duration() {
     feed(&mut p, t0, PBX, &answer(&fwd[0], "200 OK"));
     let _ = events(&mut p);
     let _ = sent_to(&mut p, CALLER);
+    feed(&mut p, t0, CALLER, &ack_for(&fwd[0]));
+    assert_eq!(sent_to(&mut p, PBX).len(), 1, "ACK forwarded");
     // Nothing happens before the hour is up...
     p.handle_timeout(t0 + std::time::Duration::from_secs(3599));
     assert!(events(&mut p).is_empty());
@@ -251,6 +262,113 @@ fn calls_are_hung_up_at_the_maximum_duration() {
                 && t.contains("To: <sip:2000@localhost>;tag=ft"))
     );
     assert_eq!(p.dialogs(), 0);
+}
+
+/// The caller's ACK for the 2xx, routed by our Record-Route.
+fn ack_for(forwarded: &str) -> String {
+    let rr: Vec<&str> = forwarded
+        .split("\r\n")
+        .filter_map(|l| l.strip_prefix("Record-Route: "))
+        .collect();
+    let routes: String = rr.iter().map(|r| format!("Route: {r}\r\n")).collect();
+    format!(
+        "ACK sip:pbx@{PBX} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKa1\r\nMax-Forwards: 70\r\n{routes}From: <sip:2000@localhost>;tag=ft\r\nTo: <sip:1001@localhost>;tag=pbx\r\nCall-ID: d1@test\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// The BYEs rtcgate sent since the last poll, by destination.
+fn byes(p: &mut Proxy) -> Vec<(Destination, String)> {
+    sent_all(p)
+        .into_iter()
+        .filter(|(_, t)| t.starts_with("BYE "))
+        .collect()
+}
+
+#[test]
+fn answered_call_without_ack_is_given_up_after_64_t1() {
+    let mut p = proxy();
+    let t0 = Instant::now();
+    feed(&mut p, t0, CALLER, INVITE);
+    let fwd = sent_to(&mut p, PBX);
+    feed(&mut p, t0, PBX, &answer(&fwd[0], "200 OK"));
+    let _ = events(&mut p);
+    let _ = sent_all(&mut p);
+    // The caller vanished: no ACK. Run the virtual clock to just before 64·T1.
+    run_until(&mut p, t0 + std::time::Duration::from_millis(31_900));
+    assert_eq!(p.dialogs(), 1);
+    assert!(byes(&mut p).is_empty());
+    run_until(&mut p, t0 + std::time::Duration::from_secs(33));
+    assert_eq!(p.dialogs(), 0, "the dialog is gone");
+    assert_eq!(
+        events(&mut p),
+        vec![DialogEventKind::Terminated {
+            reason: EndCause::NoAck
+        }]
+    );
+    let mut b = byes(&mut p);
+    // UDP retransmissions (timer E) of the same two BYEs may follow.
+    b.sort_by(|x, y| x.1.cmp(&y.1));
+    b.dedup();
+    assert_eq!(b.len(), 2, "a BYE to each side: {b:?}");
+    assert!(
+        b.iter()
+            .any(|(d, t)| *d == Destination::Udp(PBX.parse().unwrap())
+                && t.contains("Reason: SIP;cause=480;text=\"No ACK for the 2xx\""))
+    );
+    assert!(
+        b.iter()
+            .any(|(d, _)| *d == Destination::Udp(CALLER.parse().unwrap()))
+    );
+}
+
+#[test]
+fn acknowledged_call_outlives_the_ack_wait() {
+    let mut p = proxy();
+    let t0 = Instant::now();
+    feed(&mut p, t0, CALLER, INVITE);
+    let fwd = sent_to(&mut p, PBX);
+    feed(&mut p, t0, PBX, &answer(&fwd[0], "200 OK"));
+    let _ = events(&mut p);
+    let _ = sent_all(&mut p);
+    // An ACK with the wrong To tag proves nothing...
+    let forged = ack_for(&fwd[0]).replace("tag=pbx", "tag=other");
+    feed(&mut p, t0, CALLER, &forged);
+    // ...the real one does.
+    feed(
+        &mut p,
+        t0 + std::time::Duration::from_secs(1),
+        CALLER,
+        &ack_for(&fwd[0]),
+    );
+    let _ = sent_all(&mut p);
+    run_until(&mut p, t0 + std::time::Duration::from_secs(120));
+    assert_eq!(p.dialogs(), 1);
+    assert!(events(&mut p).is_empty());
+    assert!(byes(&mut p).is_empty());
+}
+
+#[test]
+fn media_of_an_unacknowledged_call_is_deleted() {
+    let mut p = media_proxy();
+    let t0 = Instant::now();
+    feed(&mut p, t0, CALLER, INVITE);
+    let fwd = sent_to(&mut p, PBX);
+    feed(&mut p, t0, PBX, &answer(&fwd[0], "200 OK"));
+    let _ = std::iter::from_fn(|| p.poll_task()).count();
+    run_until(&mut p, t0 + std::time::Duration::from_secs(33));
+    let ends: Vec<_> = std::iter::from_fn(|| p.poll_task())
+        .filter_map(|t| match t {
+            Task::Media(MediaTask::Terminate { call_id, reason }) => Some((call_id, reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ends,
+        vec![(
+            "d1@test".to_string(),
+            crate::media::EndReason::DialogTimeout
+        )]
+    );
 }
 
 #[test]

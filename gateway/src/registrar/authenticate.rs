@@ -6,7 +6,7 @@ use rsipstack::rsip::{self, Header};
 
 use super::{make_response, unavailable_response};
 use crate::auth::{AuthAction, AuthFailure, AuthOk, ChallengeKind, DigestAuth};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// Authenticates `req` (REGISTER: `Authorization`/401, others: `Proxy-Authorization`/407)
 /// against subscribers of the realm's domain. On failure returns the response to send:
@@ -50,7 +50,7 @@ pub async fn authenticate_request_ordered(
     let realm = lock(auth).config().realm.clone();
     let sub = match store.get_subscriber(&creds.username, &realm).await {
         Ok(s) => s,
-        Err(e @ StoreError::Unavailable(_)) => {
+        Err(e) if e.is_unavailable() => {
             tracing::warn!(error = %e, "store unavailable during authentication");
             return Err(unavailable_response(req, 5));
         }

@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 
 use rsipstack::rsip::{self, Header};
 
-use crate::store::{Binding, BindingChange, LocationService, StoreError};
+use crate::store::{Binding, BindingChange, LocationService};
 
 /// Registrar settings.
 #[derive(Debug, Clone)]
@@ -422,7 +422,7 @@ pub async fn handle_register(
         .await;
     match res {
         Ok(resp) => resp,
-        Err(e @ StoreError::Unavailable(_)) => {
+        Err(e) if e.is_unavailable() => {
             tracing::warn!(error = %e, %aor, "store unavailable during REGISTER");
             unavailable_response(req, 5)
         }

@@ -175,7 +175,7 @@ async fn commit(store: &Store, batch: Vec<Pending>) {
                 let _ = done.send(Ok(()));
             }
         }
-        Err(e @ StoreError::Unavailable(_)) => {
+        Err(e) if e.is_unavailable() => {
             for (_, done) in batch {
                 let _ = done.send(Err(unavailable_copy(&e)));
             }

@@ -9,6 +9,13 @@ pub enum StoreError {
     /// (the SIP layer answers 503 with Retry-After).
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// The database was found unavailable moments ago; the request was not
+    /// tried (the circuit breaker probes again in `retry_in`).
+    #[error("database unavailable (failing fast, next probe in {retry_in:?})")]
+    CircuitOpen {
+        /// Until the next probe may go.
+        retry_in: std::time::Duration,
+    },
     /// A row with the same key already exists.
     #[error("already exists")]
     AlreadyExists,
@@ -32,7 +39,7 @@ pub enum StoreError {
 impl StoreError {
     /// True when retrying later may succeed (answer 503 + Retry-After).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        matches!(self, Self::Unavailable(_) | Self::CircuitOpen { .. })
     }
 }
 

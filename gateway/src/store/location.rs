@@ -147,12 +147,15 @@ impl Store {
         if changes.is_empty() {
             return Ok(());
         }
-        match &self.backend {
-            Backend::Sqlite(p) => apply_in_tx!(p, changes, UPSERT_SQLITE, DELETE_QM),
-            Backend::MySql(p) => apply_in_tx!(p, changes, UPSERT_MYSQL, DELETE_QM),
-            Backend::Postgres(p) => apply_in_tx!(p, changes, UPSERT_PG, DELETE_PG),
-        }
-        Ok(())
+        self.guarded(async {
+            match &self.backend {
+                Backend::Sqlite(p) => apply_in_tx!(p, changes, UPSERT_SQLITE, DELETE_QM),
+                Backend::MySql(p) => apply_in_tx!(p, changes, UPSERT_MYSQL, DELETE_QM),
+                Backend::Postgres(p) => apply_in_tx!(p, changes, UPSERT_PG, DELETE_PG),
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Writes a coalesced batch of registrar changes atomically (group commit).
@@ -160,12 +163,17 @@ impl Store {
         if folded.upserts.is_empty() && folded.deletes.is_empty() {
             return Ok(());
         }
-        match &self.backend {
-            Backend::Sqlite(p) => apply_coalesced_in_tx!(sqlx::Sqlite, p, folded, ON_CONFLICT),
-            Backend::MySql(p) => apply_coalesced_in_tx!(sqlx::MySql, p, folded, ON_DUPLICATE),
-            Backend::Postgres(p) => apply_coalesced_in_tx!(sqlx::Postgres, p, folded, ON_CONFLICT),
-        }
-        Ok(())
+        self.guarded(async {
+            match &self.backend {
+                Backend::Sqlite(p) => apply_coalesced_in_tx!(sqlx::Sqlite, p, folded, ON_CONFLICT),
+                Backend::MySql(p) => apply_coalesced_in_tx!(sqlx::MySql, p, folded, ON_DUPLICATE),
+                Backend::Postgres(p) => {
+                    apply_coalesced_in_tx!(sqlx::Postgres, p, folded, ON_CONFLICT)
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Removes the binding (`aor`, `contact`); returns whether it existed.
@@ -187,20 +195,23 @@ impl Store {
         node_id: &str,
         flow_id: &str,
     ) -> Result<u64, StoreError> {
-        Ok(with_sql!(
-            self,
-            [
-                "DELETE FROM location WHERE node_id = ? AND flow_id = ?",
-                "DELETE FROM location WHERE node_id = ? AND flow_id = ?",
-                "DELETE FROM location WHERE node_id = $1 AND flow_id = $2"
-            ],
-            |pool, sql| sqlx::query(sql)
-                .bind(node_id)
-                .bind(flow_id)
-                .execute(pool)
-                .await?
-                .rows_affected()
-        ))
+        self.guarded(async {
+            Ok(with_sql!(
+                self,
+                [
+                    "DELETE FROM location WHERE node_id = ? AND flow_id = ?",
+                    "DELETE FROM location WHERE node_id = ? AND flow_id = ?",
+                    "DELETE FROM location WHERE node_id = $1 AND flow_id = $2"
+                ],
+                |pool, sql| sqlx::query(sql)
+                    .bind(node_id)
+                    .bind(flow_id)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            ))
+        })
+        .await
     }
 
     /// All bindings of an AOR (expired ones included until purged), best q first.

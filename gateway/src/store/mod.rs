@@ -7,6 +7,7 @@
 
 mod admin;
 mod batch;
+mod breaker;
 mod calls;
 mod error;
 mod location;
@@ -16,6 +17,8 @@ mod service;
 mod subscribers;
 
 pub use admin::{LocationRow, UserRow, location_show, user_add, user_list, user_passwd, user_rm};
+use breaker::Admission;
+pub use breaker::BreakerConfig;
 pub use error::StoreError;
 pub use model::{
     Binding, BindingChange, CallRecord, CallRecordUpdate, NewCallRecord, Subscriber, binding_key,
@@ -100,6 +103,8 @@ pub struct StoreOptions {
     pub acquire_timeout: Duration,
     /// SQLite busy timeout (time a writer waits for the lock).
     pub sqlite_busy_timeout: Duration,
+    /// When to fail fast during an outage.
+    pub breaker: BreakerConfig,
 }
 
 impl StoreOptions {
@@ -110,14 +115,17 @@ impl StoreOptions {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(3),
             sqlite_busy_timeout: Duration::from_secs(5),
+            breaker: BreakerConfig::default(),
         }
     }
 }
 
-/// Async access to the rtcgate database. Cheap to clone (pools are shared).
+/// Async access to the rtcgate database. Cheap to clone (pools and the
+/// circuit breaker are shared).
 #[derive(Debug, Clone)]
 pub struct Store {
     pub(crate) backend: Backend,
+    breaker: std::sync::Arc<breaker::Guard>,
 }
 
 impl Store {
@@ -178,7 +186,34 @@ impl Store {
             }
         };
         tracing::info!(backend = ?Self::kind_of(&backend), "store connected, migrations applied");
-        Ok(Self { backend })
+        Ok(Self {
+            backend,
+            breaker: std::sync::Arc::new(breaker::Guard::new(opts.breaker)),
+        })
+    }
+
+    /// Runs `op` unless the circuit breaker says the database is down
+    /// ([`StoreError::CircuitOpen`] at once), and tells the breaker how it went.
+    /// Used on the paths every REGISTER takes (subscriber lookup, location
+    /// writes), so an outage costs one acquire timeout, not one per request.
+    pub(crate) async fn guarded<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let probe = match self.breaker.admit() {
+            Admission::Refuse(retry_in) => return Err(StoreError::CircuitOpen { retry_in }),
+            Admission::Probe => true,
+            Admission::Pass => false,
+        };
+        let r = op.await;
+        let down = matches!(&r, Err(e) if e.is_unavailable());
+        if probe && !down {
+            tracing::info!("database reachable again");
+        } else if down && !self.breaker.is_open() {
+            tracing::warn!("database unavailable: failing requests fast until it answers");
+        }
+        self.breaker.record(down);
+        r
     }
 
     fn kind_of(b: &Backend) -> BackendKind {

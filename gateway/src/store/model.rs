@@ -179,7 +179,7 @@ pub struct CallRecord {
     /// `browser_to_pbx`, `pbx_to_browser`, `browser_to_browser` or `pbx_to_pbx`.
     pub direction: Option<String>,
     /// Why it ended: `bye_caller`, `bye_callee`, `ws_drop`, `max_duration`,
-    /// `admin_hangup`, `cancelled`, `busy`, `timeout`, `rejected`, `failed`...
+    /// `admin_hangup`, `no_ack`, `table_full`, `cancelled`, `busy`, `timeout`, `rejected`, `failed`...
     pub reason: Option<String>,
 }
 

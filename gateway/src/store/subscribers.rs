@@ -114,19 +114,22 @@ impl Store {
         username: &str,
         domain: &str,
     ) -> Result<Option<Subscriber>, StoreError> {
-        Ok(with_sql!(
-            self,
-            [
-                "SELECT username, domain, ha1_md5, ha1_sha256, password, created_at, updated_at FROM subscribers WHERE username = ? AND domain = ?",
-                "SELECT username, domain, ha1_md5, ha1_sha256, password, created_at, updated_at FROM subscribers WHERE username = ? AND domain = ?",
-                "SELECT username, domain, ha1_md5, ha1_sha256, password, created_at, updated_at FROM subscribers WHERE username = $1 AND domain = $2"
-            ],
-            |pool, sql| sqlx::query_as::<_, Subscriber>(sql)
-                .bind(username)
-                .bind(domain)
-                .fetch_optional(pool)
-                .await?
-        ))
+        self.guarded(async {
+            Ok(with_sql!(
+                self,
+                [
+                    "SELECT username, domain, ha1_md5, ha1_sha256, password, created_at, updated_at FROM subscribers WHERE username = ? AND domain = ?",
+                    "SELECT username, domain, ha1_md5, ha1_sha256, password, created_at, updated_at FROM subscribers WHERE username = ? AND domain = ?",
+                    "SELECT username, domain, ha1_md5, ha1_sha256, password, created_at, updated_at FROM subscribers WHERE username = $1 AND domain = $2"
+                ],
+                |pool, sql| sqlx::query_as::<_, Subscriber>(sql)
+                    .bind(username)
+                    .bind(domain)
+                    .fetch_optional(pool)
+                    .await?
+            ))
+        })
+        .await
     }
 
     /// Lists subscribers, optionally of one domain, ordered by domain and name.
