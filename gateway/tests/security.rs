@@ -278,3 +278,93 @@ async fn tls_below_1_2_is_refused_on_wss() {
         assert!(done, "{v} handshake failed:\n{text}");
     }
 }
+
+/// The HTTP status of a SIP WebSocket upgrade with these extra headers
+/// (101 when it opened), on WS (`ca` None) or WSS.
+async fn upgrade_status(
+    addr: std::net::SocketAddr,
+    ca: Option<&std::path::Path>,
+    origins: &[&str],
+) -> u16 {
+    let mut headers = vec![("Sec-WebSocket-Protocol", "sip")];
+    headers.extend(origins.iter().map(|o| ("Origin", *o)));
+    match ws_connect_with_headers(addr, ca, &headers).await {
+        Ok(_) => 101,
+        Err(code) => code,
+    }
+}
+
+/// Origins are compared as RFC 6454 tuples on both listeners: case, default
+/// ports and a trailing slash do not matter; a path, query or userinfo,
+/// `null`, look-alike hosts and two Origin headers are refused (403);
+/// `require_origin` decides about a missing Origin; `*` lets anything in.
+#[tokio::test]
+async fn origin_spoofing_edge_cases_on_ws_and_wss() {
+    let allowed = vec![
+        "https://example.com".to_owned(),
+        "http://LocalHost:8080/".to_owned(),
+    ];
+    let list = allowed.clone();
+    let gw = TestGateway::start_with(move |c| c.websocket.allowed_origins = list).await;
+    let ca = gw.ca();
+    let cases: &[(&[&str], u16)] = &[
+        (&["https://example.com"], 101),
+        (&["HTTPS://EXAMPLE.COM"], 101),
+        (&["https://Example.Com:443"], 101),
+        (&["https://example.com/"], 101),
+        (&["http://localhost:8080"], 101),
+        (&["http://LOCALHOST:8080/"], 101),
+        // No Origin: a non-browser client, allowed unless require_origin.
+        (&[], 101),
+        (&["https://example.com/app"], 403),
+        (&["https://example.com/?x=1"], 403),
+        (&["https://example.com?x=1"], 403),
+        (&["https://user@example.com"], 403),
+        (&["https://example.com@evil.test"], 403),
+        (&["https://example.com:8443"], 403),
+        (&["http://example.com"], 403),
+        (&["http://localhost"], 403),
+        (&["null"], 403),
+        (&["https://example.com.evil.test"], 403),
+        (&["https://evil-example.com"], 403),
+        (&["https://example.com, https://evil.test"], 403),
+        // Two Origin headers, even when both are allowed.
+        (&["https://example.com", "https://evil.test"], 403),
+        (&["https://evil.test", "https://example.com"], 403),
+        (&["https://example.com", "https://example.com"], 403),
+    ];
+    for (addr, tls) in [(gw.ws(), None), (gw.wss(), Some(ca.as_path()))] {
+        for (origins, want) in cases {
+            let got = upgrade_status(addr, tls, origins).await;
+            assert_eq!(got, *want, "{origins:?} on {addr} (tls {})", tls.is_some());
+        }
+    }
+
+    let list = allowed.clone();
+    let strict = TestGateway::start_with(move |c| {
+        c.websocket.allowed_origins = list;
+        c.websocket.require_origin = true;
+    })
+    .await;
+    let ca = strict.ca();
+    for (addr, tls) in [(strict.ws(), None), (strict.wss(), Some(ca.as_path()))] {
+        assert_eq!(upgrade_status(addr, tls, &[]).await, 403, "no Origin");
+        assert_eq!(
+            upgrade_status(addr, tls, &["https://example.com"]).await,
+            101
+        );
+        assert_eq!(upgrade_status(addr, tls, &["null"]).await, 403);
+    }
+
+    let any = TestGateway::start_with(|c| c.websocket.allowed_origins = vec!["*".into()]).await;
+    let ca = any.ca();
+    for (addr, tls) in [(any.ws(), None), (any.wss(), Some(ca.as_path()))] {
+        assert_eq!(
+            upgrade_status(addr, tls, &["null"]).await,
+            101,
+            "null with *"
+        );
+        assert_eq!(upgrade_status(addr, tls, &["https://evil.test"]).await, 101);
+        assert_eq!(upgrade_status(addr, tls, &[]).await, 101);
+    }
+}

@@ -99,6 +99,23 @@ pub async fn ws_connect(
     subprotocol: Option<&str>,
     origin: Option<&str>,
 ) -> Result<Ws, u16> {
+    let mut headers = Vec::new();
+    if let Some(p) = subprotocol {
+        headers.push(("Sec-WebSocket-Protocol", p));
+    }
+    if let Some(o) = origin {
+        headers.push(("Origin", o));
+    }
+    ws_connect_with_headers(addr, tls, &headers).await
+}
+
+/// Like [`ws_connect`] with the extra handshake headers given, in order
+/// (a name may repeat, e.g. two `Origin` headers).
+pub async fn ws_connect_with_headers(
+    addr: SocketAddr,
+    tls: Option<&Path>,
+    headers: &[(&'static str, &str)],
+) -> Result<Ws, u16> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let stream: Box<dyn AsyncStream> = match tls {
         Some(ca) => {
@@ -115,13 +132,9 @@ pub async fn ws_connect(
     let mut req = format!("{scheme}://localhost:{}/", addr.port())
         .into_client_request()
         .unwrap();
-    if let Some(p) = subprotocol {
+    for (name, value) in headers {
         req.headers_mut()
-            .insert("Sec-WebSocket-Protocol", HeaderValue::from_str(p).unwrap());
-    }
-    if let Some(o) = origin {
-        req.headers_mut()
-            .insert("Origin", HeaderValue::from_str(o).unwrap());
+            .append(*name, HeaderValue::from_str(value).unwrap());
     }
     match tokio::time::timeout(
         Duration::from_secs(5),
