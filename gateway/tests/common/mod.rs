@@ -1,6 +1,7 @@
 //! Shared helpers for the gateway's integration tests.
 #![allow(dead_code)]
 
+pub mod db;
 pub mod rtpengine;
 
 use std::net::SocketAddr;
@@ -526,7 +527,9 @@ pub fn digest_authorization(
         Some((&nc, "0a4f113b", "auth")),
     );
     let mut v = format!(
-        "Digest algorithm=MD5, username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", qop=auth, cnonce=\"0a4f113b\", nc={nc}"
+        "Digest algorithm=MD5, username={}, realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", qop=auth, cnonce=\"0a4f113b\", nc={nc}",
+        // The user name is a quoted-string: quotes and backslashes escaped.
+        rtcgate::auth::quote(user)
     );
     if let Some(o) = opaque {
         v.push_str(&format!(", opaque=\"{o}\""));
