@@ -224,6 +224,57 @@ async fn call_the_browser(gw_udp: SocketAddr, ws: &mut Ws, reg: &Reg) -> String 
     call_id
 }
 
+/// The browser calls the same user (itself), answering the 407: the digest
+/// `uri` is the escaped Request-URI as sent and must match it. The call is
+/// delivered back to its flow, which refuses it with 486.
+async fn browser_calls_the_user(ws: &mut Ws) {
+    let ruri = format!("sip:{}@localhost", esc(USER));
+    let invite = |cseq: u32, auth: &str| {
+        format!(
+            "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/WSS ua.invalid;branch=z9hG4bKsqlself{cseq}\r\nMax-Forwards: 70\r\nFrom: \"O'Neil {SQL}\" <sip:{}@localhost>;tag=self\r\nTo: <{ruri}>\r\nCall-ID: self-{SQL}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:self@br.invalid;transport=ws>\r\n{auth}Content-Length: 0\r\n\r\n",
+            esc(USER)
+        )
+    };
+    ws_send(ws, &invite(1, "")).await;
+    let (challenge, _) = ws_final(ws).await;
+    assert_eq!(sip_status(&challenge), Some(407), "{challenge}");
+    let md5 = sip_header_values(&challenge, "Proxy-Authenticate")
+        .into_iter()
+        .find(|c| c.contains("MD5"))
+        .unwrap();
+    let auth = digest_authorization(&md5, USER, PASSWORD, "INVITE", &ruri, 1);
+    ws_send(ws, &invite(2, &format!("Proxy-Authorization: {auth}\r\n"))).await;
+    loop {
+        let m = ws_recv(ws).await;
+        if sip_method(&m).as_deref() == Some("INVITE") {
+            let copy = |name: &str| -> String {
+                sip_header_values(&m, name)
+                    .iter()
+                    .map(|v| format!("{name}: {v}\r\n"))
+                    .collect()
+            };
+            let to = sip_header(&m, "To");
+            ws_send(
+                ws,
+                &format!(
+                    "SIP/2.0 486 Busy Here\r\n{}{}To: {to};tag=busy\r\n{}{}Content-Length: 0\r\n\r\n",
+                    copy("Via"),
+                    copy("From"),
+                    copy("Call-ID"),
+                    copy("CSeq")
+                ),
+            )
+            .await;
+            continue;
+        }
+        let code = sip_status(&m).unwrap_or(0);
+        if code >= 200 && sip_header(&m, "Via").contains("sqlself2") {
+            assert_eq!(code, 486, "the authenticated INVITE was refused:\n{m}");
+            return;
+        }
+    }
+}
+
 /// The ended call records in `gw`'s database (bounded wait for `n`).
 async fn ended_records(gw: &TestGateway, n: usize) -> Vec<CallRecord> {
     let store = gw.app.location.store();
@@ -300,6 +351,7 @@ async fn sql_metacharacters_end_to_end_sqlite() {
     assert_eq!(r.destination.as_deref(), Some(reg.contact.as_str()));
     // The tables are all still there and intact.
     check_binding(&stored_binding(&gw).await, &reg);
+    browser_calls_the_user(&mut ws).await;
     assert!(
         gw.app
             .location
@@ -382,6 +434,7 @@ async fn on_server(server: Server) {
         .unwrap_or_else(|| panic!("no record of node B forwarding to A: {records:?}"));
     check_record(on_b, &call_id, &esc(USER));
     check_binding(&stored_binding(&a).await, &reg);
+    browser_calls_the_user(&mut ws).await;
     drop((a, b));
 }
 
