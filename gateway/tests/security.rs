@@ -1,9 +1,10 @@
 //! Security tests (issue #11, hardening) with the real parts: no open relay
 //! (foreign Request-URI, Route pointing elsewhere, fake in-dialog requests,
 //! forged flow tokens), forged in-dialog requests that must neither reach
-//! the PBX nor end the real call's media, and TLS below 1.2 refused on WSS.
-//! Origin checks: `transport::upgrade_from_disallowed_origin_is_refused`;
-//! digest replay: `store_backends::*::replayed_nonce_is_refused`.
+//! the PBX nor end the real call's media, TLS below 1.2 refused on WSS,
+//! replayed and forged digest nonces over WebSocket, and Origin edge cases on
+//! WS and WSS. Registrar-level replay: `store_backends::*::replayed_nonce_is_refused`;
+//! SQL metacharacters end to end: `security_db`.
 
 mod common;
 
