@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod origin;
+pub use origin::{Origin, OriginError};
+
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -429,15 +432,25 @@ impl Sip {
 }
 
 impl WebSocket {
-    /// Whether `origin` may open a SIP WebSocket.
+    /// Whether `origin` (the value of the one `Origin` header, `None` when
+    /// there is none) may open a SIP WebSocket. Origins are compared as RFC
+    /// 6454 tuples (see [`Origin`]); `null` and anything that is not an
+    /// origin match only `*`.
     pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
-        match origin {
-            None => !self.require_origin,
-            Some(o) => self
-                .allowed_origins
-                .iter()
-                .any(|a| a == "*" || a.eq_ignore_ascii_case(o.trim_end_matches('/'))),
+        let Some(origin) = origin else {
+            return !self.require_origin;
+        };
+        if self.allowed_origins.iter().any(|a| a == "*") {
+            return true;
         }
+        // A sandboxed or privacy-sensitive context sends `null`: it names no site.
+        let Ok(origin) = Origin::parse(origin) else {
+            return false;
+        };
+        // Entries were validated at load; one that does not parse matches nothing.
+        self.allowed_origins
+            .iter()
+            .any(|a| Origin::parse(a).is_ok_and(|a| a == origin))
     }
 }
 
@@ -572,15 +585,13 @@ impl Config {
         if ws.send_queue == 0 {
             return bad("websocket.send_queue", "must be positive");
         }
-        if let Some(o) = ws
-            .allowed_origins
-            .iter()
-            .find(|o| *o != "*" && !(o.starts_with("https://") || o.starts_with("http://")))
-        {
-            return bad(
-                "websocket.allowed_origins",
-                format!("{o:?} is not an origin like \"https://host:port\" or \"*\""),
-            );
+        for o in ws.allowed_origins.iter().filter(|o| *o != "*") {
+            if let Err(e) = Origin::parse(o) {
+                return bad(
+                    "websocket.allowed_origins",
+                    format!("{o:?} is not an origin like \"https://host:port\" or \"*\": {e}"),
+                );
+            }
         }
         if self.sip.udp_listen.is_empty() && ws.wss_listen.is_empty() && ws.ws_listen.is_empty() {
             return bad("sip.udp_listen", "no listener configured at all");
@@ -877,6 +888,72 @@ mod tests {
         assert!(ws.origin_allowed(Some("https://LOCALHOST:8443/")));
         assert!(!ws.origin_allowed(Some("https://evil.example")));
         assert!(ws.origin_allowed(None));
+    }
+
+    #[test]
+    fn origins_compare_as_tuples() {
+        let ws = WebSocket {
+            allowed_origins: vec![
+                "https://Example.com/".into(),
+                "http://localhost:8080".into(),
+            ],
+            ..WebSocket::default()
+        };
+        for ok in [
+            "https://example.com",
+            "HTTPS://EXAMPLE.COM:443",
+            "https://example.com/",
+            "http://LocalHost:8080/",
+        ] {
+            assert!(ws.origin_allowed(Some(ok)), "{ok}");
+        }
+        for refused in [
+            "null",
+            "",
+            "https://example.com/app",
+            "https://example.com?x",
+            "https://me@example.com",
+            "https://example.com.evil.test",
+            "https://evil-example.com",
+            "https://example.com:8443",
+            "http://example.com",
+            "http://localhost",
+            "https://example.com, https://evil.test",
+        ] {
+            assert!(!ws.origin_allowed(Some(refused)), "{refused}");
+        }
+        assert!(ws.origin_allowed(None));
+        let strict = WebSocket {
+            require_origin: true,
+            ..ws.clone()
+        };
+        assert!(!strict.origin_allowed(None));
+        assert!(strict.origin_allowed(Some("https://example.com")));
+        let any = WebSocket {
+            allowed_origins: vec!["*".into()],
+            ..ws
+        };
+        assert!(any.origin_allowed(Some("null")));
+        assert!(any.origin_allowed(Some("https://evil.test")));
+    }
+
+    #[test]
+    fn invalid_allowed_origins_name_the_key() {
+        for (entry, why) in [
+            ("https://example.com/app", "path"),
+            ("example.com", "scheme"),
+            ("https://example.com:99999", "port"),
+            ("https://user@example.com", "userinfo"),
+            ("null", "scheme"),
+        ] {
+            let text = format!("[websocket]\nallowed_origins = [\"*\", {entry:?}]\n");
+            let msg = Config::parse(&text, "o.toml").unwrap_err().to_string();
+            assert!(msg.contains("`websocket.allowed_origins`"), "{msg}");
+            assert!(msg.contains("o.toml:2"), "{msg}");
+            assert!(msg.contains(why), "{entry}: {msg}");
+        }
+        let ok = "[websocket]\nallowed_origins = [\"https://EXAMPLE.com:443/\", \"http://[::1]:8080\"]\n";
+        assert!(Config::parse(ok, "").is_ok());
     }
 
     #[test]

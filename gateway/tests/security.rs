@@ -1,9 +1,10 @@
 //! Security tests (issue #11, hardening) with the real parts: no open relay
 //! (foreign Request-URI, Route pointing elsewhere, fake in-dialog requests,
 //! forged flow tokens), forged in-dialog requests that must neither reach
-//! the PBX nor end the real call's media, and TLS below 1.2 refused on WSS.
-//! Origin checks: `transport::upgrade_from_disallowed_origin_is_refused`;
-//! digest replay: `store_backends::*::replayed_nonce_is_refused`.
+//! the PBX nor end the real call's media, TLS below 1.2 refused on WSS,
+//! replayed and forged digest nonces over WebSocket, and Origin edge cases on
+//! WS and WSS. Registrar-level replay: `store_backends::*::replayed_nonce_is_refused`;
+//! SQL metacharacters end to end: `security_db`.
 
 mod common;
 
@@ -277,4 +278,280 @@ async fn tls_below_1_2_is_refused_on_wss() {
         let (done, text) = handshake(gw.wss(), v).await;
         assert!(done, "{v} handshake failed:\n{text}");
     }
+}
+
+/// The HTTP status of a SIP WebSocket upgrade with these extra headers
+/// (101 when it opened), on WS (`ca` None) or WSS.
+async fn upgrade_status(
+    addr: std::net::SocketAddr,
+    ca: Option<&std::path::Path>,
+    origins: &[&str],
+) -> u16 {
+    let mut headers = vec![("Sec-WebSocket-Protocol", "sip")];
+    headers.extend(origins.iter().map(|o| ("Origin", *o)));
+    match ws_connect_with_headers(addr, ca, &headers).await {
+        Ok(_) => 101,
+        Err(code) => code,
+    }
+}
+
+/// Origins are compared as RFC 6454 tuples on both listeners: case, default
+/// ports and a trailing slash do not matter; a path, query or userinfo,
+/// `null`, look-alike hosts and two Origin headers are refused (403);
+/// `require_origin` decides about a missing Origin; `*` lets anything in.
+#[tokio::test]
+async fn origin_spoofing_edge_cases_on_ws_and_wss() {
+    let allowed = vec![
+        "https://example.com".to_owned(),
+        "http://LocalHost:8080/".to_owned(),
+    ];
+    let list = allowed.clone();
+    let gw = TestGateway::start_with(move |c| c.websocket.allowed_origins = list).await;
+    let ca = gw.ca();
+    let cases: &[(&[&str], u16)] = &[
+        (&["https://example.com"], 101),
+        (&["HTTPS://EXAMPLE.COM"], 101),
+        (&["https://Example.Com:443"], 101),
+        (&["https://example.com/"], 101),
+        (&["http://localhost:8080"], 101),
+        (&["http://LOCALHOST:8080/"], 101),
+        // No Origin: a non-browser client, allowed unless require_origin.
+        (&[], 101),
+        (&["https://example.com/app"], 403),
+        (&["https://example.com/?x=1"], 403),
+        (&["https://example.com?x=1"], 403),
+        (&["https://user@example.com"], 403),
+        (&["https://example.com@evil.test"], 403),
+        (&["https://example.com:8443"], 403),
+        (&["http://example.com"], 403),
+        (&["http://localhost"], 403),
+        (&["null"], 403),
+        (&["https://example.com.evil.test"], 403),
+        (&["https://evil-example.com"], 403),
+        (&["https://example.com, https://evil.test"], 403),
+        // Two Origin headers, even when both are allowed.
+        (&["https://example.com", "https://evil.test"], 403),
+        (&["https://evil.test", "https://example.com"], 403),
+        (&["https://example.com", "https://example.com"], 403),
+    ];
+    for (addr, tls) in [(gw.ws(), None), (gw.wss(), Some(ca.as_path()))] {
+        for (origins, want) in cases {
+            let got = upgrade_status(addr, tls, origins).await;
+            assert_eq!(got, *want, "{origins:?} on {addr} (tls {})", tls.is_some());
+        }
+    }
+
+    let list = allowed.clone();
+    let strict = TestGateway::start_with(move |c| {
+        c.websocket.allowed_origins = list;
+        c.websocket.require_origin = true;
+    })
+    .await;
+    let ca = strict.ca();
+    for (addr, tls) in [(strict.ws(), None), (strict.wss(), Some(ca.as_path()))] {
+        assert_eq!(upgrade_status(addr, tls, &[]).await, 403, "no Origin");
+        assert_eq!(
+            upgrade_status(addr, tls, &["https://example.com"]).await,
+            101
+        );
+        assert_eq!(upgrade_status(addr, tls, &["null"]).await, 403);
+    }
+
+    let any = TestGateway::start_with(|c| c.websocket.allowed_origins = vec!["*".into()]).await;
+    let ca = any.ca();
+    for (addr, tls) in [(any.ws(), None), (any.wss(), Some(ca.as_path()))] {
+        assert_eq!(
+            upgrade_status(addr, tls, &["null"]).await,
+            101,
+            "null with *"
+        );
+        assert_eq!(upgrade_status(addr, tls, &["https://evil.test"]).await, 101);
+        assert_eq!(upgrade_status(addr, tls, &[]).await, 101);
+    }
+}
+
+const PASSWORD: &str = "s3cret";
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A REGISTER of `user@localhost` from a WebSocket client binding `contact`.
+fn ws_register(user: &str, cseq: u32, branch: &str, contact: &str, auth: Option<&str>) -> String {
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/WSS ua.invalid;branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\nTo: <sip:{user}@localhost>\r\nFrom: <sip:{user}@localhost>;tag=reg{branch}\r\nCall-ID: reg-{user}@ua.invalid\r\nCSeq: {cseq} REGISTER\r\nContact: <{contact}>;expires=600\r\n{auth}Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// The MD5 challenge of a 401 (SIP.js answers the last one).
+fn md5_challenge(resp: &str) -> String {
+    sip_header_values(resp, "WWW-Authenticate")
+        .into_iter()
+        .find(|c| c.contains("MD5"))
+        .unwrap_or_else(|| panic!("no MD5 challenge in\n{resp}"))
+}
+
+/// A digest challenge as the gateway would word it, with any realm/nonce.
+fn forged_challenge(realm: &str, nonce: &str, opaque: Option<&str>) -> String {
+    let opaque = opaque
+        .map(|o| format!(", opaque=\"{o}\""))
+        .unwrap_or_default();
+    format!("Digest realm=\"{realm}\", nonce=\"{nonce}\", algorithm=MD5, qop=\"auth\"{opaque}")
+}
+
+/// Replayed and forged digest credentials over WebSocket: the same
+/// Authorization twice (same nonce and nc, also from another connection with
+/// another Contact), a nonce never issued, one with a flipped character, one
+/// issued by another gateway (another realm and secret), and credentials for a
+/// realm not ours. Each is answered 401 with a fresh challenge (`stale=true`
+/// for the replay, as `auth::AuthFailure::action` says) and writes nothing to
+/// the location table.
+#[tokio::test]
+async fn replayed_and_forged_nonces_are_rechallenged_over_websocket() {
+    let gw = TestGateway::start_with(|c| c.auth.required = true).await;
+    let store = gw.app.location.store().clone();
+    store
+        .add_subscriber("1001", "localhost", PASSWORD, false, unix_now())
+        .await
+        .unwrap();
+    let good_contact = "sip:good@ua.invalid;transport=ws";
+    let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
+    ws_send(&mut ws, &ws_register("1001", 1, "r1", good_contact, None)).await;
+    let first = ws_recv(&mut ws).await;
+    assert_eq!(sip_status(&first), Some(401), "{first}");
+    let challenge = md5_challenge(&first);
+    let realm = digest_param(&challenge, "realm").unwrap().to_owned();
+    let nonce = digest_param(&challenge, "nonce").unwrap().to_owned();
+    let opaque = digest_param(&challenge, "opaque").map(str::to_owned);
+    let auth = digest_authorization(&challenge, "1001", PASSWORD, "REGISTER", "sip:localhost", 1);
+    ws_send(
+        &mut ws,
+        &ws_register("1001", 2, "r2", good_contact, Some(&auth)),
+    )
+    .await;
+    let ok = ws_recv(&mut ws).await;
+    assert_eq!(sip_status(&ok), Some(200), "{ok}");
+    let bound = || async {
+        let mut contacts: Vec<String> = store
+            .list_all_bindings(unix_now())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|b| b.contact)
+            .collect();
+        contacts.sort();
+        contacts
+    };
+    assert_eq!(bound().await, vec![good_contact.to_owned()]);
+
+    // A nonce from another gateway (own realm and random secret).
+    let other = TestGateway::start_with(|c| {
+        c.auth.required = true;
+        c.general.domains = vec!["other.test".into()];
+    })
+    .await;
+    let mut ows = ws_connect(other.ws(), None, Some("sip"), None)
+        .await
+        .unwrap();
+    let reg = ws_register("1001", 1, "o1", good_contact, None).replace("localhost", "other.test");
+    ws_send(&mut ows, &reg).await;
+    let other_challenge = md5_challenge(&ws_recv(&mut ows).await);
+    let other_nonce = digest_param(&other_challenge, "nonce").unwrap().to_owned();
+    assert_ne!(other_nonce, nonce);
+
+    // One character of our nonce changed (base64url: another valid digit).
+    let mut flipped: Vec<char> = nonce.chars().collect();
+    let mid = flipped.len() / 2;
+    flipped[mid] = if flipped[mid] == 'A' { 'B' } else { 'A' };
+    let flipped: String = flipped.into_iter().collect();
+    // A well-formed nonce we never issued (same length, random bytes).
+    let never: String = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+    };
+    let with_nonce = |n: &str| {
+        digest_authorization(
+            &forged_challenge(&realm, n, opaque.as_deref()),
+            "1001",
+            PASSWORD,
+            "REGISTER",
+            "sip:localhost",
+            1,
+        )
+    };
+    let evil_contact = "sip:evil@attacker.invalid;transport=ws";
+    let foreign_realm = digest_authorization(
+        &forged_challenge("evil.test", &nonce, opaque.as_deref()),
+        "1001",
+        PASSWORD,
+        "REGISTER",
+        "sip:localhost",
+        2,
+    );
+    // (what, Authorization, stale=true expected)
+    let attempts: Vec<(&str, String, bool)> = vec![
+        ("the same Authorization again", auth.clone(), true),
+        ("a nonce never issued", with_nonce(&never), false),
+        (
+            "a nonce with a flipped character",
+            with_nonce(&flipped),
+            false,
+        ),
+        (
+            "a nonce of another realm's gateway",
+            with_nonce(&other_nonce),
+            false,
+        ),
+        ("credentials for a realm not ours", foreign_realm, false),
+    ];
+    let mut attacker = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
+    for (i, (what, a, stale)) in attempts.iter().enumerate() {
+        // From the genuine connection (same Contact) and from an attacker's.
+        for (conn, contact, name) in [
+            (&mut ws, good_contact, "same flow"),
+            (&mut attacker, evil_contact, "another flow"),
+        ] {
+            let cseq = 3 + u32::try_from(i).unwrap();
+            let msg = ws_register(
+                "1001",
+                cseq,
+                &format!("x{i}{}", name.len()),
+                contact,
+                Some(a),
+            );
+            ws_send(conn, &msg).await;
+            let r = ws_recv(conn).await;
+            assert_eq!(
+                sip_status(&r),
+                Some(401),
+                "{what} ({name}) was not refused:\n{r}"
+            );
+            let fresh = md5_challenge(&r);
+            let fresh_nonce = digest_param(&fresh, "nonce").unwrap();
+            assert_ne!(fresh_nonce, nonce, "{what}: not a fresh challenge");
+            assert_eq!(digest_param(&fresh, "realm"), Some(realm.as_str()));
+            assert_eq!(
+                digest_param(&fresh, "stale") == Some("true"),
+                *stale,
+                "{what} ({name}): stale flag in {fresh}"
+            );
+        }
+    }
+    // Nothing written: only the genuine binding, unchanged.
+    assert_eq!(bound().await, vec![good_contact.to_owned()]);
+    let binding = store
+        .list_bindings("sip:1001@localhost")
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        binding.cseq, 2,
+        "the binding was refreshed by a refused REGISTER"
+    );
 }

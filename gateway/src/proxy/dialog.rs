@@ -151,7 +151,7 @@ impl EndCause {
 pub fn describe_destination(dest: Destination, uri: &rsip::Uri) -> String {
     match dest {
         Destination::Udp(a) => format!("udp:{a}"),
-        Destination::Flow(_) => uri.to_string(),
+        Destination::Flow(_) => crate::sip::user::uri_text(uri),
     }
 }
 

@@ -57,9 +57,11 @@ impl Location for StoreLocation {
         let now = unix_now();
         // A peer forwarded this to us because the flow is here: never bounce it on.
         let from_peer = matches!(source, Source::Udp { .. }) && self.peers.is_peer(source.peer());
-        let mut aors = vec![aor_for(user, domain)];
+        // Keyed like the registrar's AOR: `o%27neil` and `o'neil` are one user.
+        let user = crate::sip::user::decode(user);
+        let mut aors = vec![aor_for(&user, domain)];
         for d in &self.domains {
-            let a = aor_for(user, d);
+            let a = aor_for(&user, d);
             if !aors.contains(&a) {
                 aors.push(a);
             }
@@ -90,10 +92,12 @@ impl Location for StoreLocation {
                         if peer_nodes.contains(&b.node_id) {
                             continue;
                         }
-                        let (Some(addr), Ok(aor_uri)) = (
-                            self.peers.node_addr(&b.node_id),
-                            rsip::Uri::try_from(b.aor.as_str()),
-                        ) else {
+                        // The AOR holds the decoded user: it is escaped again to
+                        // go into a URI (`"`, `;` or a space raw would not parse).
+                        let aor_uri = crate::sip::user::aor_uri(&b.aor);
+                        let (Some(addr), Some(aor_uri)) =
+                            (self.peers.node_addr(&b.node_id), aor_uri)
+                        else {
                             found.unreachable = true;
                             continue;
                         };

@@ -40,7 +40,8 @@ pub async fn authenticate_request_ordered(
             _ => None,
         })
         .collect();
-    let uri = req.uri.to_string();
+    // As received: rsip's Display would escape the user again (`%27` → `%2527`).
+    let uri = crate::sip::user::uri_text(&req.uri);
     // Select the credentials (sync), then fetch the subscriber (async, no lock held).
     let selected = lock(auth).select_credentials(&values);
     let creds = match selected {

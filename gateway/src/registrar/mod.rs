@@ -119,38 +119,9 @@ pub fn register_aor(req: &rsip::Request) -> Result<String, AorError> {
         return Err(AorError::BadUri);
     }
     Ok(aor_for(
-        &percent_decode(user),
+        &crate::sip::user::decode(user),
         &to.uri.host_with_port.host.to_string(),
     ))
-}
-
-/// Decodes `%XX` escapes of a URI user part (rsip keeps them); keeps the input as is
-/// when an escape is malformed or the result is not UTF-8.
-fn percent_decode(s: &str) -> String {
-    if !s.contains('%') {
-        return s.to_string();
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        if c == b'%' {
-            let hex = b
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok());
-            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                Some(v) => {
-                    out.push(v);
-                    i += 3;
-                    continue;
-                }
-                None => return s.to_string(),
-            }
-        }
-        out.push(c);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
 }
 
 fn header_values<'a>(

@@ -3,6 +3,7 @@
 //! choice of message crate stays swappable.
 
 pub mod parse;
+pub mod user;
 
 use std::net::{IpAddr, SocketAddr};
 

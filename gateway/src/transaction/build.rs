@@ -149,7 +149,17 @@ pub fn build_ack_for_non2xx(
 
 /// Wire bytes of a request.
 pub fn encode_request(req: &Request) -> Bytes {
-    Bytes::from(req.to_bytes())
+    // Not `req.to_bytes()`: rsip would escape the Request-URI's user again.
+    let mut buf = format!(
+        "{} {} {}\r\n{}\r\n",
+        req.method,
+        crate::sip::user::uri_text(&req.uri),
+        req.version,
+        req.headers
+    )
+    .into_bytes();
+    buf.extend_from_slice(&req.body);
+    Bytes::from(buf)
 }
 
 /// Wire bytes of a response, writing `wire_reason` when set (see the module

@@ -255,7 +255,7 @@ fn check_upgrade(head: &Head, ws: &config::WebSocket) -> Option<String> {
     {
         return None;
     }
-    if !ws.origin_allowed(head.header("origin")) {
+    if !origin_ok(head, ws) {
         return None;
     }
     let key = head.header("sec-websocket-key")?;
@@ -264,10 +264,25 @@ fn check_upgrade(head: &Head, ws: &config::WebSocket) -> Option<String> {
     ))
 }
 
+/// The Origin rule of an upgrade: at most one `Origin` header, allowed by
+/// the configuration. Two headers are refused whatever they say: we would
+/// check one while something behind us might trust the other.
+fn origin_ok(head: &Head, ws: &config::WebSocket) -> bool {
+    let mut origins = head
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("origin"));
+    match (origins.next(), origins.next()) {
+        (None, _) => ws.origin_allowed(None),
+        (Some((_, o)), None) => ws.origin_allowed(Some(o)),
+        (Some(_), Some(_)) => false,
+    }
+}
+
 /// The HTTP answer for a refused upgrade: 403 for an Origin we do not
 /// allow, 400 for everything else, each with a body that says why.
 fn refusal(head: &Head, ws: &config::WebSocket) -> (u16, &'static str, &'static str) {
-    if !ws.origin_allowed(head.header("origin")) {
+    if !origin_ok(head, ws) {
         return (403, "Forbidden", "origin not allowed\n");
     }
     if !head

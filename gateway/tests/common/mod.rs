@@ -1,6 +1,7 @@
 //! Shared helpers for the gateway's integration tests.
 #![allow(dead_code)]
 
+pub mod db;
 pub mod rtpengine;
 
 use std::net::SocketAddr;
@@ -99,6 +100,23 @@ pub async fn ws_connect(
     subprotocol: Option<&str>,
     origin: Option<&str>,
 ) -> Result<Ws, u16> {
+    let mut headers = Vec::new();
+    if let Some(p) = subprotocol {
+        headers.push(("Sec-WebSocket-Protocol", p));
+    }
+    if let Some(o) = origin {
+        headers.push(("Origin", o));
+    }
+    ws_connect_with_headers(addr, tls, &headers).await
+}
+
+/// Like [`ws_connect`] with the extra handshake headers given, in order
+/// (a name may repeat, e.g. two `Origin` headers).
+pub async fn ws_connect_with_headers(
+    addr: SocketAddr,
+    tls: Option<&Path>,
+    headers: &[(&'static str, &str)],
+) -> Result<Ws, u16> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let stream: Box<dyn AsyncStream> = match tls {
         Some(ca) => {
@@ -115,13 +133,9 @@ pub async fn ws_connect(
     let mut req = format!("{scheme}://localhost:{}/", addr.port())
         .into_client_request()
         .unwrap();
-    if let Some(p) = subprotocol {
+    for (name, value) in headers {
         req.headers_mut()
-            .insert("Sec-WebSocket-Protocol", HeaderValue::from_str(p).unwrap());
-    }
-    if let Some(o) = origin {
-        req.headers_mut()
-            .insert("Origin", HeaderValue::from_str(o).unwrap());
+            .append(*name, HeaderValue::from_str(value).unwrap());
     }
     match tokio::time::timeout(
         Duration::from_secs(5),
@@ -513,7 +527,9 @@ pub fn digest_authorization(
         Some((&nc, "0a4f113b", "auth")),
     );
     let mut v = format!(
-        "Digest algorithm=MD5, username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", qop=auth, cnonce=\"0a4f113b\", nc={nc}"
+        "Digest algorithm=MD5, username={}, realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", qop=auth, cnonce=\"0a4f113b\", nc={nc}",
+        // The user name is a quoted-string: quotes and backslashes escaped.
+        rtcgate::auth::quote(user)
     );
     if let Some(o) = opaque {
         v.push_str(&format!(", opaque=\"{o}\""));
