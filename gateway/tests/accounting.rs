@@ -12,18 +12,9 @@ use std::time::{Duration, Instant};
 use common::rtpengine::{Daemon, need_rtpengine};
 use common::*;
 use rtcgate::accounting::{Accounting, AccountingConfig};
-use rtcgate::config::StaticRoute;
 use rtcgate::media::RtpengineInstance;
 use rtcgate::proxy::dialog::{CallStart, DialogEvent, DialogEventKind};
 use rtcgate::store::{CallRecord, Store};
-
-fn route_to(port: u16) -> Vec<StaticRoute> {
-    vec![StaticRoute {
-        prefix: "1".into(),
-        destination: format!("127.0.0.1:{port}").parse().unwrap(),
-        codec_policy: None,
-    }]
-}
 
 /// The one call record of this gateway's database, once written (bounded wait).
 async fn the_record(gw: &TestGateway) -> CallRecord {

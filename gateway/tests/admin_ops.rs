@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::rtpengine::{Daemon, need_rtpengine};
 use common::*;
-use rtcgate::config::StaticRoute;
 use rtcgate::media::RtpengineInstance;
 use rtcgate::routing::{ProbeOptions, RoutingConfig, RoutingService};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -167,14 +166,6 @@ probe = {{ interval_ms = 100, timeout_ms = 100, down_after = 2, up_after = 1 }}
         from_host: None,
     };
     RoutingService::start(&cfg, options).await.unwrap()
-}
-
-fn route_to(port: u16) -> Vec<StaticRoute> {
-    vec![StaticRoute {
-        prefix: "1".into(),
-        destination: format!("127.0.0.1:{port}").parse().unwrap(),
-        codec_policy: None,
-    }]
 }
 
 fn ws_register(user: &str) -> String {

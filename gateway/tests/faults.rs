@@ -17,27 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::rtpengine::{Daemon, need_rtpengine};
 use common::*;
-use rtcgate::config::StaticRoute;
 use rtcgate::media::RtpengineInstance;
-
-/// A sipp PBX answering every call (`loadtest/scenarios/pbx_uas.xml`), for
-/// up to a minute, killed when dropped.
-fn answering_pbx() -> SippRun {
-    let mp = pick_udp_port().to_string();
-    SippRun::spawn_file(
-        &loadtest_scenario("pbx_uas.xml"),
-        &["-mp", &mp, "-timeout", "60s"],
-    )
-    .expect("sipp")
-}
-
-fn route_to(port: u16) -> Vec<StaticRoute> {
-    vec![StaticRoute {
-        prefix: "1".into(),
-        destination: format!("127.0.0.1:{port}").parse().unwrap(),
-        codec_policy: None,
-    }]
-}
 
 /// Sets up one browser call (INVITE with a WebRTC offer, ACK); returns the 200.
 async fn call_up(ws: &mut Ws, call: &str) -> String {
@@ -46,31 +26,6 @@ async fn call_up(ws: &mut Ws, call: &str) -> String {
     assert_eq!(sip_status(&ok), Some(200), "{call}: {seen:?}\n{ok}");
     ws_send(ws, &ws_in_dialog("ACK", 1, call, &ok)).await;
     ok
-}
-
-/// BYE for a call that is up; returns how long its 200 took.
-async fn hang_up(ws: &mut Ws, call: &str, ok: &str) -> Duration {
-    let t0 = Instant::now();
-    ws_send(ws, &ws_in_dialog("BYE", 2, call, ok)).await;
-    loop {
-        let r = ws_recv(ws).await;
-        if sip_cseq_method(&r) == "BYE" && sip_status(&r).is_some_and(|c| c >= 200) {
-            assert_eq!(sip_status(&r), Some(200), "BYE of {call}: {r}");
-            return t0.elapsed();
-        }
-    }
-}
-
-async fn wait_no_sessions(rtp: &Daemon) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let calls = rtp.calls();
-        if calls.is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "rtpengine still holds {calls:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
@@ -143,7 +98,7 @@ async fn rtpengine_killed_under_load_then_restarted() {
     // Calls already up still end cleanly: the BYE passes to the PBX and
     // its 200 comes back, the failed deletes are bounded.
     let (call, ok) = up.remove(0);
-    let t = hang_up(&mut ws, &call, &ok).await;
+    let t = ws_hang_up(&mut ws, &call, &ok).await;
     eprintln!("BYE while rtpengine is down answered in {t:?}");
     assert!(t < Duration::from_secs(3), "BYE took {t:?}");
 
@@ -172,12 +127,12 @@ async fn rtpengine_killed_under_load_then_restarted() {
         t0.elapsed()
     );
     assert_eq!(rtp.calls().len(), 1, "the new call is in the new daemon");
-    hang_up(&mut ws, &call, &ok).await;
+    ws_hang_up(&mut ws, &call, &ok).await;
     // The calls from before the crash end too (their sessions died with it).
     for (call, ok) in up {
-        hang_up(&mut ws, &call, &ok).await;
+        ws_hang_up(&mut ws, &call, &ok).await;
     }
-    wait_no_sessions(&rtp).await;
+    rtp.wait_empty(Duration::from_secs(5)).await;
     drop(pbx);
 }
 
@@ -226,7 +181,7 @@ async fn websocket_reset_mid_call_ends_every_call_of_the_flow() {
         "the PBX did not get a BYE for both calls"
     );
     eprintln!("both PBX legs hung up {:?} after the reset", t0.elapsed());
-    wait_no_sessions(&rtp).await;
+    rtp.wait_empty(Duration::from_secs(5)).await;
 }
 
 /// A browser that takes the 200 and never sends the ACK (it crashed, or its
@@ -281,7 +236,7 @@ async fn answered_call_never_acknowledged_is_ended_and_its_media_deleted() {
         "the PBX did not get its BYE"
     );
     eprintln!("call given up {waited:?} after the unacknowledged 2xx");
-    wait_no_sessions(&rtp).await;
+    rtp.wait_empty(Duration::from_secs(5)).await;
 }
 
 /// A SIP WebSocket (plain ws, no Origin) over an existing TCP stream.

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::rtpengine::{Daemon, need_rtpengine};
 use common::*;
-use rtcgate::config::StaticRoute;
 use rtcgate::media::RtpengineInstance;
 use tokio::net::UdpSocket;
 
@@ -138,36 +137,6 @@ impl Drop for NgRelay {
     }
 }
 
-/// A sipp PBX answering every call for up to a minute, killed when dropped.
-fn answering_pbx() -> SippRun {
-    let mp = pick_udp_port().to_string();
-    SippRun::spawn_file(
-        &loadtest_scenario("pbx_uas.xml"),
-        &["-mp", &mp, "-timeout", "60s"],
-    )
-    .expect("sipp")
-}
-
-fn route_to(port: u16) -> Vec<StaticRoute> {
-    vec![StaticRoute {
-        prefix: "1".into(),
-        destination: format!("127.0.0.1:{port}").parse().unwrap(),
-        codec_policy: None,
-    }]
-}
-
-async fn wait_no_sessions(rtp: &Daemon) {
-    let deadline = Instant::now() + Duration::from_secs(8);
-    loop {
-        let calls = rtp.calls();
-        if calls.is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "rtpengine still holds {calls:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// INVITE with a WebRTC offer; the final answer, how long it took, and
 /// (on 200) the ACK sent.
 async fn call(ws: &mut Ws, call: &str) -> (String, Duration) {
@@ -179,17 +148,6 @@ async fn call(ws: &mut Ws, call: &str) -> (String, Duration) {
         ws_send(ws, &ws_in_dialog("ACK", 1, call, &resp)).await;
     }
     (resp, took)
-}
-
-async fn hang_up(ws: &mut Ws, call: &str, ok: &str) {
-    ws_send(ws, &ws_in_dialog("BYE", 2, call, ok)).await;
-    loop {
-        let r = ws_recv(ws).await;
-        if sip_cseq_method(&r) == "BYE" && sip_status(&r).is_some_and(|c| c >= 200) {
-            assert_eq!(sip_status(&r), Some(200), "BYE of {call}: {r}");
-            return;
-        }
-    }
 }
 
 fn assert_503_with_retry_after(resp: &str) {
@@ -267,8 +225,8 @@ async fn late_ng_replies_within_the_deadline_are_used_beyond_it_the_call_fails_a
     assert_eq!(sip_status(&ok), Some(200), "{ok}");
     eprintln!("call with ng replies 400 ms late answered in {took:?}");
     assert_eq!(s.rtp.calls().len(), 1);
-    hang_up(&mut ws, "late1", &ok).await;
-    wait_no_sessions(&s.rtp).await;
+    ws_hang_up(&mut ws, "late1", &ok).await;
+    s.rtp.wait_empty(Duration::from_secs(8)).await;
 
     // Later than the offer deadline: 503 within it, and the session that
     // rtpengine did create from the offer is deleted afterwards.
@@ -278,14 +236,14 @@ async fn late_ng_replies_within_the_deadline_are_used_beyond_it_the_call_fails_a
     eprintln!("call with ng replies 2 s late refused in {took:?}");
     assert!(took < Duration::from_millis(2500), "503 took {took:?}");
     relay.set(Mode::Pass);
-    wait_no_sessions(&s.rtp).await;
+    s.rtp.wait_empty(Duration::from_secs(8)).await;
     assert!(relay.count("delete") >= 2, "no delete for the failed call");
 
     // And the next call works.
     let (ok, _) = call(&mut ws, "late3").await;
     assert_eq!(sip_status(&ok), Some(200), "{ok}");
-    hang_up(&mut ws, "late3", &ok).await;
-    wait_no_sessions(&s.rtp).await;
+    ws_hang_up(&mut ws, "late3", &ok).await;
+    s.rtp.wait_empty(Duration::from_secs(8)).await;
 }
 
 #[tokio::test]
@@ -309,7 +267,7 @@ async fn garbled_ng_reply_gives_503_and_the_created_session_is_deleted() {
         assert!(took < Duration::from_secs(2), "503 took {took:?}");
     }
     // rtpengine made a call of each offer; rtcgate deleted them all.
-    wait_no_sessions(&s.rtp).await;
+    s.rtp.wait_empty(Duration::from_secs(8)).await;
     assert_eq!(
         relay.count("offer"),
         3,
@@ -319,8 +277,8 @@ async fn garbled_ng_reply_gives_503_and_the_created_session_is_deleted() {
     relay.set(Mode::Pass);
     let (ok, _) = call(&mut ws, "garb-ok").await;
     assert_eq!(sip_status(&ok), Some(200), "{ok}");
-    hang_up(&mut ws, "garb-ok", &ok).await;
-    wait_no_sessions(&s.rtp).await;
+    ws_hang_up(&mut ws, "garb-ok", &ok).await;
+    s.rtp.wait_empty(Duration::from_secs(8)).await;
     // The gateway is alive and well.
     ws_send(&mut ws, &options("WS", "ngok", "localhost")).await;
     assert_eq!(sip_status(&ws_recv(&mut ws).await), Some(200));
@@ -357,9 +315,9 @@ async fn load_limit_fails_over_to_the_other_instance_and_alone_gives_503() {
     );
     assert_eq!(s.rtp.calls().len(), 8, "every call on the direct instance");
     for (id, ok) in &up {
-        hang_up(&mut ws, id, ok).await;
+        ws_hang_up(&mut ws, id, ok).await;
     }
-    wait_no_sessions(&s.rtp).await;
+    s.rtp.wait_empty(Duration::from_secs(8)).await;
     drop(ws);
     drop(s);
 

@@ -276,6 +276,17 @@ fn ack_for(forwarded: &str) -> String {
     )
 }
 
+/// [`INVITE`] sent and answered 200 by the PBX at `t0`, events and sends
+/// drained; returns the INVITE as forwarded.
+fn answered_call(p: &mut Proxy, t0: Instant) -> String {
+    feed(p, t0, CALLER, INVITE);
+    let fwd = sent_to(p, PBX).remove(0);
+    feed(p, t0, PBX, &answer(&fwd, "200 OK"));
+    let _ = events(p);
+    let _ = sent_all(p);
+    fwd
+}
+
 /// The BYEs rtcgate sent since the last poll, by destination.
 fn byes(p: &mut Proxy) -> Vec<(Destination, String)> {
     sent_all(p)
@@ -288,11 +299,7 @@ fn byes(p: &mut Proxy) -> Vec<(Destination, String)> {
 fn answered_call_without_ack_is_given_up_after_64_t1() {
     let mut p = proxy();
     let t0 = Instant::now();
-    feed(&mut p, t0, CALLER, INVITE);
-    let fwd = sent_to(&mut p, PBX);
-    feed(&mut p, t0, PBX, &answer(&fwd[0], "200 OK"));
-    let _ = events(&mut p);
-    let _ = sent_all(&mut p);
+    answered_call(&mut p, t0);
     // The caller vanished: no ACK. Run the virtual clock to just before 64·T1.
     run_until(&mut p, t0 + std::time::Duration::from_millis(31_900));
     assert_eq!(p.dialogs(), 1);
@@ -325,20 +332,16 @@ fn answered_call_without_ack_is_given_up_after_64_t1() {
 fn acknowledged_call_outlives_the_ack_wait() {
     let mut p = proxy();
     let t0 = Instant::now();
-    feed(&mut p, t0, CALLER, INVITE);
-    let fwd = sent_to(&mut p, PBX);
-    feed(&mut p, t0, PBX, &answer(&fwd[0], "200 OK"));
-    let _ = events(&mut p);
-    let _ = sent_all(&mut p);
+    let fwd = answered_call(&mut p, t0);
     // An ACK with the wrong To tag proves nothing...
-    let forged = ack_for(&fwd[0]).replace("tag=pbx", "tag=other");
+    let forged = ack_for(&fwd).replace("tag=pbx", "tag=other");
     feed(&mut p, t0, CALLER, &forged);
     // ...the real one does.
     feed(
         &mut p,
         t0 + std::time::Duration::from_secs(1),
         CALLER,
-        &ack_for(&fwd[0]),
+        &ack_for(&fwd),
     );
     let _ = sent_all(&mut p);
     run_until(&mut p, t0 + std::time::Duration::from_secs(120));
@@ -351,9 +354,7 @@ fn acknowledged_call_outlives_the_ack_wait() {
 fn media_of_an_unacknowledged_call_is_deleted() {
     let mut p = media_proxy();
     let t0 = Instant::now();
-    feed(&mut p, t0, CALLER, INVITE);
-    let fwd = sent_to(&mut p, PBX);
-    feed(&mut p, t0, PBX, &answer(&fwd[0], "200 OK"));
+    answered_call(&mut p, t0);
     let _ = std::iter::from_fn(|| p.poll_task()).count();
     run_until(&mut p, t0 + std::time::Duration::from_secs(33));
     let ends: Vec<_> = std::iter::from_fn(|| p.poll_task())

@@ -536,3 +536,37 @@ pub fn digest_authorization(
     }
     v
 }
+
+/// A static route sending every `1xxx` call to a PBX on `127.0.0.1:port`.
+pub fn route_to(port: u16) -> Vec<rtcgate::config::StaticRoute> {
+    vec![rtcgate::config::StaticRoute {
+        prefix: "1".into(),
+        destination: format!("127.0.0.1:{port}").parse().unwrap(),
+        codec_policy: None,
+    }]
+}
+
+/// A sipp PBX answering every call (`loadtest/scenarios/pbx_uas.xml`), for
+/// up to a minute, killed when dropped.
+pub fn answering_pbx() -> SippRun {
+    let mp = pick_udp_port().to_string();
+    SippRun::spawn_file(
+        &loadtest_scenario("pbx_uas.xml"),
+        &["-mp", &mp, "-timeout", "60s"],
+    )
+    .expect("sipp")
+}
+
+/// BYE for the [`ws_invite`] call `call` that `ok` answered; asserts its
+/// 200 and returns how long it took.
+pub async fn ws_hang_up(ws: &mut Ws, call: &str, ok: &str) -> Duration {
+    let t0 = std::time::Instant::now();
+    ws_send(ws, &ws_in_dialog("BYE", 2, call, ok)).await;
+    loop {
+        let r = ws_recv(ws).await;
+        if sip_cseq_method(&r) == "BYE" && sip_status(&r).is_some_and(|c| c >= 200) {
+            assert_eq!(sip_status(&r), Some(200), "BYE of {call}: {r}");
+            return t0.elapsed();
+        }
+    }
+}

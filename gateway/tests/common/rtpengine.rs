@@ -154,6 +154,20 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// Waits (up to `within`) until rtpengine holds no call; panics with
+    /// the calls left otherwise.
+    pub async fn wait_empty(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let calls = self.calls();
+            if calls.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "rtpengine still holds {calls:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Calls rtpengine holds now (ng `list`).
     pub fn calls(&self) -> Vec<String> {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
