@@ -260,6 +260,15 @@ struct Branch {
 }
 
 /// The state of one forwarded request (one server transaction).
+/// The next hop [`Proxy::dialog_hop`] allows.
+struct DialogHop {
+    dest: Destination,
+    kind: Kind,
+    /// The route set recorded for that side of a confirmed dialog (none
+    /// recorded yet in an early dialog: the request's own is kept).
+    route: Option<Vec<String>>,
+}
+
 struct Forward {
     source: Source,
     method: rsip::Method,
@@ -359,8 +368,9 @@ pub struct Proxy {
     /// Call-IDs with an early (not yet confirmed) dialog.
     early: std::collections::HashSet<String>,
     /// Call-IDs whose initial INVITE was routed and has no final response
-    /// yet (each gets exactly one `Confirmed` or `Failed`).
-    started: std::collections::HashSet<String>,
+    /// yet (each gets exactly one `Confirmed` or `Failed`), with the
+    /// server transaction that forwards it (none when routing refused it).
+    started: HashMap<String, Option<ServerKey>>,
     max_call_duration: Option<std::time::Duration>,
     /// When confirmed dialogs time out (lazy deletion: an entry whose dialog
     /// is gone is skipped).
@@ -423,7 +433,7 @@ impl Proxy {
             dialogs: dialog::Dialogs::new(200_000),
             dialog_events: VecDeque::new(),
             early: std::collections::HashSet::new(),
-            started: std::collections::HashSet::new(),
+            started: HashMap::new(),
             max_call_duration: config.max_call_duration,
             call_deadlines: std::collections::BinaryHeap::new(),
             ack_deadlines: std::collections::BinaryHeap::new(),
@@ -636,7 +646,58 @@ impl Proxy {
                 _ => false,
             };
         }
-        self.started.contains(&call_id)
+        self.started.contains_key(&call_id)
+    }
+
+    /// The only next hop an in-dialog request from an untrusted source may
+    /// take: its own Route and Request-URI could name any host (an open
+    /// relay past authentication) or a flow token learned from a
+    /// Record-Route (another browser's connection).
+    /// `proposed` is where the request's own Route or Request-URI points.
+    fn dialog_hop(
+        &self,
+        req: &rsip::Request,
+        source: &Source,
+        proposed: &[(Destination, Kind)],
+    ) -> Option<DialogHop> {
+        let call_id = call_id_of(&req.headers);
+        if let Some(d) = self.dialogs.get(&call_id) {
+            let from = tag_of_header(req, |h| matches!(h, rsip::Header::From(_)))?;
+            let to = tag_of_header(req, |h| matches!(h, rsip::Header::To(_)))?;
+            let side = if from == d.caller.tag && to == d.callee.tag {
+                &d.callee
+            } else if from == d.callee.tag && to == d.caller.tag {
+                &d.caller
+            } else {
+                return None;
+            };
+            return Some(DialogHop {
+                dest: side.dest,
+                kind: side.kind,
+                route: Some(side.route.clone()),
+            });
+        }
+        // Early dialog (PRACK, UPDATE): from a callee back to the caller;
+        // from the caller to a destination of the INVITE. The callee's
+        // Contact or Record-Route may name an address other than the one
+        // we sent to (NAT), so a lone destination is taken as the hop.
+        let key = (*self.started.get(&call_id)?)?;
+        let fwd = self.forwards.get(&key)?;
+        let from = source.reply_to();
+        let caller = (fwd.source.reply_to(), fwd.source.kind());
+        let hop = |(dest, kind)| DialogHop {
+            dest,
+            kind,
+            route: None,
+        };
+        if fwd.branches.iter().any(|b| b.dest == from) {
+            return Some(hop(caller));
+        }
+        match (proposed, fwd.branches.as_slice()) {
+            ([p], _) if fwd.branches.iter().any(|b| b.dest == p.0) => Some(hop(*p)),
+            (_, [only]) => Some(hop((only.dest, only.kind))),
+            _ => None,
+        }
     }
 
     fn park_for_auth(
@@ -893,6 +954,7 @@ impl Proxy {
         req: &rsip::Request,
         source: &Source,
         targets: &[Target],
+        key: Option<ServerKey>,
     ) {
         let call_id = call_id_of(&req.headers);
         let start = dialog::CallStart {
@@ -909,14 +971,14 @@ impl Proxy {
                 .collect(),
         };
         // Bounded by the INVITE transactions: every one ends with a final response.
-        self.started.insert(call_id.clone());
+        self.started.insert(call_id.clone(), key);
         self.dialog_event(now, call_id, dialog::DialogEventKind::Started(start));
     }
 
     /// `Started` then `Failed` for an initial INVITE that routing refused.
     fn call_rejected(&mut self, now: Instant, req: &rsip::Request, source: &Source, status: u16) {
         if req.method == rsip::Method::Invite {
-            self.call_started(now, req, source, &[]);
+            self.call_started(now, req, source, &[], None);
             self.call_failed(now, call_id_of(&req.headers), status, Vec::new());
         }
     }
@@ -930,7 +992,7 @@ impl Proxy {
         destinations: Vec<String>,
     ) {
         self.early.remove(&call_id);
-        if self.started.remove(&call_id) {
+        if self.started.remove(&call_id).is_some() {
             self.dialog_event(
                 now,
                 call_id,
@@ -1274,7 +1336,7 @@ impl Proxy {
             }
         } else if let Some(Some(flow)) = next_flow {
             self.flow_target(&req, flow)
-        } else if to_tag.is_some() || next_flow.is_some() {
+        } else if to_tag.is_some() {
             // In dialog: the Request-URI is the remote target.
             let facts = route::facts_of(&req.uri);
             let to_us = self.local.is_me(&facts.host, facts.port);
@@ -1330,19 +1392,32 @@ impl Proxy {
             }
         };
         // No relay (§26.3.2.2 applied to in-dialog requests): an untrusted
-        // source reaches a UDP destination only inside a dialog we set up;
-        // a forged To tag, Route or flow token never gets past us.
+        // source goes only inside a dialog we set up, and only to its other
+        // side; a forged To tag, Route or flow token never gets past us.
         let target = match target {
-            Ok(t)
-                if t.iter().any(|t| matches!(t.dest, Destination::Udp(_)))
-                    && !self.dialog_known(&source, &req) =>
-            {
-                tracing::info!(method = %req.method, peer = %source.peer(), "request outside any known dialog refused (no relay)");
-                Err(if to_tag.is_some() {
-                    (481, "Call/Transaction Does Not Exist")
-                } else {
-                    (403, "Relay Denied")
-                })
+            Ok(t) if !self.is_trusted(&source) => {
+                let proposed: Vec<_> = t.iter().map(|t| (t.dest, t.kind)).collect();
+                match self.dialog_hop(&req, &source, &proposed) {
+                    Some(hop) => {
+                        if let Some(route) = hop.route {
+                            routes = route;
+                        }
+                        Ok(vec![Target {
+                            uri: req.uri.clone(),
+                            dest: hop.dest,
+                            kind: hop.kind,
+                            codec_policy: None,
+                        }])
+                    }
+                    None => {
+                        tracing::info!(method = %req.method, peer = %source.peer(), "request outside any known dialog refused (no relay)");
+                        Err(if to_tag.is_some() {
+                            (481, "Call/Transaction Does Not Exist")
+                        } else {
+                            (403, "Relay Denied")
+                        })
+                    }
+                }
             }
             other => other,
         };
@@ -1445,7 +1520,7 @@ impl Proxy {
                 rsip::Method::Invite | rsip::Method::Subscribe | rsip::Method::Refer
             );
         if initial && req.method == rsip::Method::Invite {
-            self.call_started(now, &req, &source, &targets);
+            self.call_started(now, &req, &source, &targets, Some(key));
         }
         let loop_part = self.loop_hash(&req);
         let mut fwd = Forward {
@@ -1685,13 +1760,23 @@ impl Proxy {
                     .or_else(|| self.dialog_side(&req))
             }
         };
-        let Some((dest, kind)) = dest else {
+        let Some((mut dest, mut kind)) = dest else {
             tracing::debug!(method = %req.method, "stateless request has no route; dropped");
             return;
         };
-        if matches!(dest, Destination::Udp(_)) && !self.dialog_known(&source, &req) {
-            tracing::info!(method = %req.method, peer = %source.peer(), "stateless request outside any known dialog dropped (no relay)");
-            return;
+        if !self.is_trusted(&source) {
+            match self.dialog_hop(&req, &source, &[(dest, kind)]) {
+                Some(hop) => {
+                    (dest, kind) = (hop.dest, hop.kind);
+                    if let Some(route) = hop.route {
+                        routes = route;
+                    }
+                }
+                None => {
+                    tracing::info!(method = %req.method, peer = %source.peer(), "stateless request outside any known dialog dropped (no relay)");
+                    return;
+                }
+            }
         }
         if req.method == rsip::Method::Ack
             && let (Some(from_tag), Some(to_tag)) = (
@@ -2037,7 +2122,8 @@ impl Proxy {
                         && header_tag(&resp.headers, |h| matches!(h, rsip::Header::To(_))).is_some()
                     {
                         let call_id = call_id_of(&resp.headers);
-                        if self.started.contains(&call_id) && self.early.insert(call_id.clone()) {
+                        if self.started.contains_key(&call_id) && self.early.insert(call_id.clone())
+                        {
                             self.dialog_event(now, call_id, dialog::DialogEventKind::Early);
                         }
                     }
@@ -2059,7 +2145,7 @@ impl Proxy {
                     if initial {
                         let call_id = call_id_of(&resp.headers);
                         self.early.remove(&call_id);
-                        if self.started.remove(&call_id) {
+                        if self.started.remove(&call_id).is_some() {
                             let destination = fwd
                                 .branches
                                 .get(idx)

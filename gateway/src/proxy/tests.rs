@@ -653,3 +653,137 @@ fn cancel_during_serial_routing_tries_no_further_destination() {
         "the caller hears 487 at the no-answer time: {up:?}"
     );
 }
+
+const VICTIM: &str = "127.0.0.1:5099";
+
+/// Our Record-Route entries of a forwarded request, as Route headers.
+fn our_routes(forwarded: &str) -> String {
+    forwarded
+        .split("\r\n")
+        .filter_map(|l| l.strip_prefix("Record-Route: "))
+        .map(|r| format!("Route: {r}\r\n"))
+        .collect()
+}
+
+#[test]
+fn in_dialog_request_naming_another_host_goes_to_the_dialog_peer() {
+    let mut p = proxy();
+    let t0 = Instant::now();
+    let fwd = answered_call(&mut p, t0);
+    // The caller knows the dialog's tags and tries to use it as a relay:
+    // a Route beyond ours and a Request-URI toward someone else.
+    let routes = our_routes(&fwd);
+    let info = format!(
+        "INFO sip:victim@{VICTIM} SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKi1\r\nMax-Forwards: 70\r\n{routes}Route: <sip:{VICTIM};lr>\r\nFrom: <sip:2000@localhost>;tag=ft\r\nTo: <sip:1001@localhost>;tag=pbx\r\nCall-ID: d1@test\r\nCSeq: 2 INFO\r\nContent-Length: 0\r\n\r\n"
+    );
+    feed(&mut p, t0, CALLER, &info);
+    let sent = sent_all(&mut p);
+    assert!(
+        only(&sent, VICTIM).is_empty(),
+        "nothing reaches the host the Route named: {sent:?}"
+    );
+    let to_pbx = only(&sent, PBX);
+    assert_eq!(
+        to_pbx.len(),
+        1,
+        "the INFO goes to the dialog's peer: {sent:?}"
+    );
+    assert!(to_pbx[0].starts_with("INFO "), "{}", to_pbx[0]);
+    assert!(
+        !to_pbx[0].contains(&format!("Route: <sip:{VICTIM}")),
+        "the forged Route is not passed on: {}",
+        to_pbx[0]
+    );
+
+    // The same with tags of no dialog: refused, nothing sent anywhere.
+    let forged = info
+        .replace("tag=pbx", "tag=guess")
+        .replace("z9hG4bKi1", "z9hG4bKi2");
+    feed(&mut p, t0, CALLER, &forged);
+    let sent = sent_all(&mut p);
+    assert!(only(&sent, VICTIM).is_empty() && only(&sent, PBX).is_empty());
+    let answers = only(&sent, CALLER);
+    assert!(
+        answers.iter().any(|a| a.starts_with("SIP/2.0 481")),
+        "forged tags get 481: {answers:?}"
+    );
+}
+
+#[test]
+fn stateless_ack_naming_another_host_goes_to_the_dialog_peer() {
+    let mut p = proxy();
+    let t0 = Instant::now();
+    let fwd = answered_call(&mut p, t0);
+    let ack = ack_for(&fwd).replace(
+        &format!("ACK sip:pbx@{PBX}"),
+        &format!("ACK sip:victim@{VICTIM}"),
+    );
+    feed(&mut p, t0, CALLER, &ack);
+    let sent = sent_all(&mut p);
+    assert!(only(&sent, VICTIM).is_empty(), "{sent:?}");
+    assert_eq!(only(&sent, PBX).len(), 1, "ACK pinned to the PBX: {sent:?}");
+}
+
+#[test]
+fn early_dialog_request_naming_another_host_goes_to_the_invites_destination() {
+    let mut p = proxy();
+    let t0 = Instant::now();
+    feed(&mut p, t0, CALLER, INVITE);
+    let fwd = sent_to(&mut p, PBX).remove(0);
+    feed(&mut p, t0, PBX, &answer(&fwd, "183 Session Progress"));
+    let _ = sent_all(&mut p);
+    let routes = our_routes(&fwd);
+    let prack = format!(
+        "PRACK sip:victim@{VICTIM} SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKp1\r\nMax-Forwards: 70\r\n{routes}From: <sip:2000@localhost>;tag=ft\r\nTo: <sip:1001@localhost>;tag=pbx\r\nCall-ID: d1@test\r\nCSeq: 2 PRACK\r\nRAck: 1 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    );
+    feed(&mut p, t0, CALLER, &prack);
+    let sent = sent_all(&mut p);
+    assert!(only(&sent, VICTIM).is_empty(), "{sent:?}");
+    assert_eq!(only(&sent, PBX).len(), 1, "PRACK goes to the PBX: {sent:?}");
+}
+
+#[test]
+fn learned_flow_token_does_not_open_a_browsers_connection() {
+    let mut p = proxy();
+    let t0 = Instant::now();
+    // A token as it appears in our Record-Route toward a browser on flow 7.
+    let token = p.keyed.flow_token(7);
+    for (branch, to) in [("z9hG4bKt1", ""), ("z9hG4bKt2", ";tag=guess")] {
+        let invite = format!(
+            "INVITE sip:1001@localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5077;branch={branch}\r\nMax-Forwards: 70\r\nRoute: <sip:{token}@127.0.0.1:5060;lr>\r\nFrom: <sip:evil@localhost>;tag=ev\r\nTo: <sip:1001@localhost>{to}\r\nCall-ID: evil-{branch}@test\r\nCSeq: 1 INVITE\r\nContact: <sip:evil@127.0.0.1:5077>\r\nContent-Length: 0\r\n\r\n"
+        );
+        feed(&mut p, t0, "127.0.0.1:5077", &invite);
+        let sent = sent_all(&mut p);
+        assert!(
+            !sent.iter().any(|(d, _)| matches!(d, Destination::Flow(_))),
+            "nothing reaches the browser's flow: {sent:?}"
+        );
+        let want = if to.is_empty() {
+            "SIP/2.0 403"
+        } else {
+            "SIP/2.0 481"
+        };
+        assert!(
+            only(&sent, "127.0.0.1:5077")
+                .iter()
+                .any(|a| a.starts_with(want)),
+            "{want} expected: {sent:?}"
+        );
+    }
+}
+
+#[test]
+fn initial_request_with_a_preloaded_route_to_us_is_routed_as_initial() {
+    // SIP.js's `preloadedRouteSet` puts the proxy in a Route header of
+    // out-of-dialog requests (§8.1.2).
+    let mut p = proxy();
+    let t0 = Instant::now();
+    let invite = INVITE.replace(
+        "Max-Forwards: 70\r\n",
+        "Max-Forwards: 70\r\nRoute: <sip:127.0.0.1:5060;lr>\r\n",
+    );
+    feed(&mut p, t0, CALLER, &invite);
+    let fwd = sent_to(&mut p, PBX);
+    assert_eq!(fwd.len(), 1, "routed to the PBX by its number");
+    assert!(fwd[0].contains("Record-Route:"), "{}", fwd[0]);
+}
