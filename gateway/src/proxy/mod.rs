@@ -29,6 +29,9 @@ use crate::transport::{Destination, FlowId, Kind, Source};
 use route::{Keyed, Local};
 use routing::{BranchFailure, Decision, Router, SerialRoute, SerialStep, Target};
 
+/// The largest UDP payload over IPv4 (65,535 minus the IP and UDP headers).
+const MAX_UDP_DATAGRAM: usize = 65_507;
+
 /// Methods rtcgate handles, for `Allow`.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, MESSAGE, NOTIFY, SUBSCRIBE, REFER, PRACK";
 
@@ -386,7 +389,11 @@ pub struct Proxy {
     failover_branches: HashMap<u64, (ServerKey, usize)>,
     forwards: HashMap<ServerKey, Forward>,
     owners: HashMap<ClientKey, (ServerKey, usize)>,
-    sends: VecDeque<(Destination, Bytes)>,
+    sends: VecDeque<Outgoing>,
+    /// Client transactions the transport failed, with the status their
+    /// branch gets (§16.9: a transport error reads as 503; 513 for a
+    /// request too large for a UDP datagram).
+    send_errors: HashMap<ClientKey, u16>,
     seq: u64,
     stats: ProxyStats,
     /// Shutting down: new requests get 503 with this Retry-After.
@@ -403,6 +410,9 @@ pub struct Outgoing {
     pub dest: Destination,
     /// The bytes.
     pub data: Bytes,
+    /// The client transaction sending them, if any (see
+    /// [`Proxy::send_failed`]).
+    pub client: Option<ClientKey>,
 }
 
 impl Proxy {
@@ -442,6 +452,7 @@ impl Proxy {
             forwards: HashMap::new(),
             owners: HashMap::new(),
             sends: VecDeque::new(),
+            send_errors: HashMap::new(),
             seq: 0,
             stats: ProxyStats::default(),
             draining: None,
@@ -564,9 +575,31 @@ impl Proxy {
 
     /// The next message to send.
     pub fn poll_send(&mut self) -> Option<Outgoing> {
-        self.sends
-            .pop_front()
-            .map(|(dest, data)| Outgoing { dest, data })
+        self.sends.pop_front()
+    }
+
+    /// The transport could not send `out` (a socket error, no socket for
+    /// the address family): its client transaction, if any, fails now as
+    /// if the branch got a 503 (§16.9) instead of retransmitting until
+    /// timer B/F.
+    pub fn send_failed(&mut self, now: Instant, out: &Outgoing) {
+        if let Some(ck) = out.client {
+            self.fail_branch_transport(ck, 503);
+            self.drain(now);
+        }
+    }
+
+    fn fail_branch_transport(&mut self, ck: ClientKey, code: u16) {
+        self.send_errors.insert(ck, code);
+        self.txns.handle_transport_error(ck);
+    }
+
+    fn queue_send(&mut self, dest: Destination, data: Bytes) {
+        self.sends.push_back(Outgoing {
+            dest,
+            data,
+            client: None,
+        });
     }
 
     /// The next asynchronous task for the shell.
@@ -612,8 +645,7 @@ impl Proxy {
                 self.process_queue(now, key);
             }
             TaskResult::AckReady { request, dest } => {
-                self.sends
-                    .push_back((dest, transaction::encode_request(&request)));
+                self.queue_send(dest, transaction::encode_request(&request));
             }
         }
         self.drain(now);
@@ -1282,12 +1314,18 @@ impl Proxy {
             }
         }
         if max_forwards == Some(0) {
-            let code = if req.method == rsip::Method::Options {
-                200
+            // §16.3 step 3 lets a proxy answer an OPTIONS itself. Only when it
+            // is addressed to us: a hop-limited probe toward a user must learn
+            // where it ran out (483), not that the user answered.
+            let facts = route::facts_of(&req.uri);
+            let for_us = req.method == rsip::Method::Options
+                && facts.user.is_none()
+                && self.local.is_our_domain(&facts.host);
+            if for_us {
+                self.local_request(now, key, source, &req);
             } else {
-                483
-            };
-            self.reply(now, key, &req, code, None);
+                self.reply(now, key, &req, 483, None);
+            }
             return;
         }
         if self.is_loop(&req) {
@@ -1827,8 +1865,7 @@ impl Proxy {
             }));
             return;
         }
-        self.sends
-            .push_back((dest, transaction::encode_request(&req)));
+        self.queue_send(dest, transaction::encode_request(&req));
     }
 
     fn on_response(&mut self, now: Instant, resp: rsip::Response) {
@@ -1847,7 +1884,7 @@ impl Proxy {
                         if let Some(r) = pop_via(response)
                             && first_via(&r.headers).is_some()
                         {
-                            self.sends.push_back((d, transaction::encode_response(&r)));
+                            self.queue_send(d, transaction::encode_response(&r));
                         }
                     }
                     None => self.forward_response_stateless(response),
@@ -1891,8 +1928,7 @@ impl Proxy {
             None => first_via(&resp.headers).and_then(|v| via_destination(&v)),
         };
         if let Some(d) = dest {
-            self.sends
-                .push_back((d, transaction::encode_response(&resp)));
+            self.queue_send(d, transaction::encode_response(&resp));
         }
     }
 
@@ -2280,9 +2316,32 @@ impl Proxy {
     fn drain(&mut self, now: Instant) {
         while let Some(out) = self.txns.poll_output() {
             match out {
-                Output::Transmit(t) => self.sends.push_back((t.to, t.data)),
+                Output::Transmit(t) => {
+                    // No TCP toward UDP peers (§18.1.1 would switch): a
+                    // request that cannot fit a datagram fails its branch.
+                    if let (Destination::Udp(_), Some(ck)) = (t.to, t.client)
+                        && t.data.len() > MAX_UDP_DATAGRAM
+                    {
+                        tracing::info!(bytes = t.data.len(), "request too large for UDP");
+                        self.fail_branch_transport(ck, 513);
+                        continue;
+                    }
+                    self.sends.push_back(Outgoing {
+                        dest: t.to,
+                        data: t.data,
+                        client: t.client,
+                    });
+                }
                 Output::Timeout(ck) => {
-                    if let Some(&(skey, idx)) = self.owners.get(&ck) {
+                    let code = self.send_errors.remove(&ck).unwrap_or(408);
+                    // Too large is about the request, not the destination:
+                    // no failover, no mark on the PBX's health.
+                    let owner = if code == 513 {
+                        None
+                    } else {
+                        self.owners.get(&ck).copied()
+                    };
+                    if let Some((skey, idx)) = owner {
                         match self.fail_over(now, skey, idx, BranchFailure::Timeout) {
                             FailoverResult::Started(_) => continue,
                             FailoverResult::Final | FailoverResult::Exhausted => {
@@ -2295,11 +2354,11 @@ impl Proxy {
                     if let Some(req) = self.branch_request(ck) {
                         let resp = transaction::make_response(
                             &req,
-                            408,
+                            code,
                             None,
                             Some(&crate::sip::new_tag()),
                         );
-                        // Pretend the 408 arrived on the branch; pop_via
+                        // Pretend the answer arrived on the branch; pop_via
                         // expects our Via on top, and the branch request has it.
                         self.on_branch_response(now, ck, resp);
                     }
@@ -2411,8 +2470,7 @@ impl Proxy {
                     self.server_header.clone(),
                 )));
         }
-        self.sends
-            .push_back((source.reply_to(), transaction::encode_response(&resp)));
+        self.queue_send(source.reply_to(), transaction::encode_response(&resp));
     }
 
     /// Counts (and, rate-limited, logs) a request refused by a cap.
@@ -2431,8 +2489,7 @@ impl Proxy {
         reason: Option<&str>,
     ) {
         let resp = transaction::make_response(req, code, reason, Some(&crate::sip::new_tag()));
-        self.sends
-            .push_back((source.reply_to(), transaction::encode_response(&resp)));
+        self.queue_send(source.reply_to(), transaction::encode_response(&resp));
     }
 
     fn loop_hash(&self, req: &rsip::Request) -> String {

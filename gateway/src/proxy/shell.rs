@@ -422,8 +422,9 @@ async fn run(
         }
         while let Some(send) = proxy.poll_send() {
             counters.sent(&send.data);
-            if let Err(e) = transports.send(send.dest, send.data) {
+            if let Err(e) = transports.send(send.dest, send.data.clone()) {
                 tracing::debug!(error = %e, "send failed");
+                proxy.send_failed(std::time::Instant::now(), &send);
             }
         }
         let now = std::time::Instant::now();

@@ -787,3 +787,47 @@ fn initial_request_with_a_preloaded_route_to_us_is_routed_as_initial() {
     assert_eq!(fwd.len(), 1, "routed to the PBX by its number");
     assert!(fwd[0].contains("Record-Route:"), "{}", fwd[0]);
 }
+
+#[test]
+fn a_failed_send_answers_the_branch_503_at_once() {
+    let mut p = proxy();
+    let now = Instant::now();
+    feed(&mut p, now, CALLER, INVITE);
+    let out = std::iter::from_fn(|| p.poll_send())
+        .find(|s| s.dest == Destination::Udp(PBX.parse().unwrap()))
+        .expect("the INVITE is sent");
+    assert!(out.client.is_some(), "a request carries its transaction");
+    p.send_failed(now, &out);
+    let up = sent_to(&mut p, CALLER);
+    assert!(
+        up.iter().any(|m| m.starts_with("SIP/2.0 503 ")),
+        "same instant, no timer: {up:?}"
+    );
+    // The PBX's retransmission timer is gone with the transaction.
+    assert!(sent_to(&mut p, PBX).is_empty());
+}
+
+#[test]
+fn a_request_too_large_for_udp_is_not_sent_and_gets_513() {
+    let mut p = proxy();
+    let now = Instant::now();
+    let body = "x".repeat(65_150);
+    let big = INVITE.replace(
+        "Content-Length: 0",
+        &format!("Content-Type: text/plain\r\nContent-Length: {}", body.len()),
+    ) + &body;
+    feed(&mut p, now, CALLER, &big);
+    let mut to_caller = Vec::new();
+    while let Some(s) = p.poll_send() {
+        assert_ne!(
+            s.dest,
+            Destination::Udp(PBX.parse().unwrap()),
+            "nothing over 65,507 bytes goes out"
+        );
+        to_caller.push(String::from_utf8_lossy(&s.data).into_owned());
+    }
+    assert!(
+        to_caller.iter().any(|m| m.starts_with("SIP/2.0 513 ")),
+        "{to_caller:?}"
+    );
+}

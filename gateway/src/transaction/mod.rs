@@ -103,6 +103,10 @@ pub struct Transmit<D> {
     pub to: D,
     /// The serialized message (shared with the retransmission buffer).
     pub data: Bytes,
+    /// The client transaction sending it (`None` for a server
+    /// transaction's response): whom to tell when the transport fails
+    /// ([`TransactionLayer::handle_transport_error`]).
+    pub client: Option<ClientKey>,
 }
 
 /// What the shell must do next.
@@ -691,6 +695,7 @@ impl<D: Clone> TransactionLayer<D> {
                 Action::Send(data) => Output::Transmit(Transmit {
                     to: entry.dest.clone(),
                     data,
+                    client: matches!(entry.key, MatchKey::Client(_)).then_some(ClientKey(id)),
                 }),
                 Action::Event(Event::Timeout) => Output::Timeout(ClientKey(id)),
                 Action::Event(Event::TimerC) => Output::TimerC(ClientKey(id)),

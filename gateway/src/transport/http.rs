@@ -74,6 +74,11 @@ pub async fn read_head<S: AsyncRead + Unpin>(
         let mut headers = [httparse::EMPTY_HEADER; 48];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
+            // A head that completes in the read crossing the limit is
+            // still over it.
+            Ok(httparse::Status::Complete(len)) if len > max => {
+                return Err(HeadError::TooLarge);
+            }
             Ok(httparse::Status::Complete(len)) => {
                 let head = Head {
                     method: req.method.unwrap_or("").to_owned(),
