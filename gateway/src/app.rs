@@ -318,21 +318,6 @@ impl App {
             m.report_deleted_calls(a.media_sink());
         }
         let media_handle = media.clone();
-        let services = Arc::new(shell::Services {
-            ws_algorithms,
-            udp_algorithms,
-            media,
-            accounting: accounting.clone(),
-            auth: std::sync::Mutex::new(crate::auth::DigestAuth::new(auth_cfg, secret)),
-            location: location.clone(),
-            registrar: crate::registrar::RegistrarConfig {
-                min_expires: config.registrar.min_expires,
-                max_expires: config.registrar.max_expires,
-                default_expires: config.registrar.default_expires,
-                max_contacts: config.registrar.max_contacts,
-                domains: config.general.domains.clone(),
-            },
-        });
         let probe_ip = config
             .sip
             .udp_listen
@@ -360,6 +345,22 @@ impl App {
             &config.limits,
             limiter_trust(&config, &trusted, routing.handle()),
         ));
+        let services = Arc::new(shell::Services {
+            ws_algorithms,
+            udp_algorithms,
+            media,
+            accounting: accounting.clone(),
+            auth: std::sync::Mutex::new(crate::auth::DigestAuth::new(auth_cfg, secret)),
+            location: location.clone(),
+            limiter: limiter.clone(),
+            registrar: crate::registrar::RegistrarConfig {
+                min_expires: config.registrar.min_expires,
+                max_expires: config.registrar.max_expires,
+                default_expires: config.registrar.default_expires,
+                max_contacts: config.registrar.max_contacts,
+                domains: config.general.domains.clone(),
+            },
+        });
         let cfg = config.clone();
         let router_location = location.clone();
         let router_peers = peers.clone();

@@ -508,3 +508,89 @@ async fn pending_transaction_caps_answer_503_and_free_up() {
         "{text}"
     );
 }
+
+const PASSWORD: &str = "s3cret";
+
+/// A REGISTER for 1001 over UDP from `sock`, with `auth` as Authorization.
+async fn udp_register(sock: &UdpSocket, to: SocketAddr, n: u32, auth: Option<&str>) -> String {
+    let me = sock.local_addr().unwrap();
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let msg = format!(
+        "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKreg{n};rport\r\nMax-Forwards: 70\r\nFrom: <sip:1001@localhost>;tag=r{n}\r\nTo: <sip:1001@localhost>\r\nCall-ID: guess-{me}\r\nCSeq: {n} REGISTER\r\nContact: <sip:1001@{me}>\r\nExpires: 60\r\n{auth}Content-Length: 0\r\n\r\n"
+    );
+    sock.send_to(msg.as_bytes(), to).await.unwrap();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (len, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+            .await
+            .expect("no answer to REGISTER")
+            .unwrap();
+        let r = String::from_utf8_lossy(&buf[..len]).into_owned();
+        if sip_status(&r).is_some_and(|c| c >= 200) {
+            return r;
+        }
+    }
+}
+
+/// REGISTER, then again answering its MD5 challenge with `password`.
+async fn register_with(sock: &UdpSocket, to: SocketAddr, n: u32, password: &str) -> String {
+    let first = udp_register(sock, to, n, None).await;
+    if sip_status(&first) != Some(401) {
+        return first;
+    }
+    let challenge = sip_header_values(&first, "WWW-Authenticate")
+        .into_iter()
+        .find(|c| c.contains("MD5"))
+        .expect("an MD5 challenge");
+    let auth = digest_authorization(&challenge, "1001", password, "REGISTER", "sip:localhost", 1);
+    udp_register(sock, to, n + 1, Some(&auth)).await
+}
+
+#[tokio::test]
+async fn password_guessing_bans_the_source_and_spares_its_neighbours() {
+    let gw = TestGateway::start_with(|c| {
+        c.auth.required = true;
+        c.limits.auth_failures_burst = 3;
+        c.limits.auth_failures_per_min = 1;
+        c.limits.auth_ban_s = 60;
+    })
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    gw.app
+        .location
+        .store()
+        .add_subscriber("1001", "localhost", PASSWORD, false, now)
+        .await
+        .unwrap();
+    let attacker = udp_from(31).await;
+    // Three guesses are allowed (plain 403s), the fourth starts the ban.
+    for i in 0..4u32 {
+        let r = register_with(&attacker, gw.udp(), 10 * i + 1, "guess").await;
+        assert_eq!(sip_status(&r), Some(403), "guess {i}: {r}");
+        assert!(sip_header_values(&r, "Retry-After").is_empty(), "{r}");
+    }
+    let c = gw.app.server.transports.limiter().counters();
+    assert_eq!(c.auth_bans.load(Ordering::Relaxed), 1);
+    // Banned: even the right password is refused, before any challenge.
+    let r = udp_register(&attacker, gw.udp(), 100, None).await;
+    assert_eq!(sip_status(&r), Some(403), "{r}");
+    let retry: u32 = sip_header(&r, "Retry-After").parse().unwrap();
+    assert!((1..=60).contains(&retry), "{r}");
+    assert!(r.contains("Too many failed authentications"), "{r}");
+    assert!(c.auth_refused.load(Ordering::Relaxed) >= 1);
+    // Another source with the right password registers.
+    let neighbour = udp_from(32).await;
+    let r = register_with(&neighbour, gw.udp(), 1, PASSWORD).await;
+    assert_eq!(sip_status(&r), Some(200), "{r}");
+    // Challenges alone never count: a browser's every refresh is one.
+    for i in 0..10u32 {
+        let r = udp_register(&neighbour, gw.udp(), 10 + i, None).await;
+        assert_eq!(sip_status(&r), Some(401), "{r}");
+    }
+    assert_eq!(c.auth_bans.load(Ordering::Relaxed), 1);
+}

@@ -118,6 +118,20 @@ impl Guard {
         }
     }
 
+    /// Seconds left of the ban (rounded up), if banned at `now`.
+    pub fn banned_for(&self, now: Instant) -> Option<u32> {
+        self.banned_until
+            .filter(|u| now < *u)
+            .map(|u| secs_left(u, now))
+    }
+
+    /// Not banned and idle long enough to be full again: a fresh guard
+    /// would be the same.
+    pub fn forgettable(&self, rate: Rate, now: Instant) -> bool {
+        self.banned_for(now).is_none()
+            && now.saturating_duration_since(self.bucket.last()) >= rate.refill_time()
+    }
+
     /// Judges one message.
     pub fn check(&mut self, rate: Rate, ban: Duration, now: Instant) -> Verdict {
         if let Some(until) = self.banned_until {

@@ -16,6 +16,7 @@
 //! server transactions live in the proxy (`proxy::pending`), their
 //! settings here.
 
+pub mod auth_failures;
 pub mod bucket;
 pub mod table;
 pub mod throttle;
@@ -82,6 +83,15 @@ pub struct LimitsConfig {
     /// Shedding is logged (as a warning) at most once per this many seconds,
     /// with the count of what was shed meanwhile.
     pub log_interval_s: u64,
+    /// Failed digest authentications (wrong password, unknown user) one
+    /// source IP may have in a row before it is banned.
+    pub auth_failures_burst: u32,
+    /// Failures per minute it gets back (the sustained rate of guesses
+    /// that never bans).
+    pub auth_failures_per_min: u32,
+    /// How long a source that guessed too often is refused (403 with
+    /// Retry-After, credentials not checked), in seconds.
+    pub auth_ban_s: u64,
 }
 
 impl Default for LimitsConfig {
@@ -102,6 +112,9 @@ impl Default for LimitsConfig {
             max_server_transactions_per_source: 5_000,
             retry_after_s: 5,
             log_interval_s: 10,
+            auth_failures_burst: 20,
+            auth_failures_per_min: 6,
+            auth_ban_s: 600,
         }
     }
 }
@@ -154,12 +167,33 @@ impl LimitsConfig {
         if self.log_interval_s == 0 {
             return Err(("log_interval_s", "must be positive".into()));
         }
+        if self.auth_failures_burst == 0 {
+            return Err(("auth_failures_burst", "must be positive".into()));
+        }
+        if !(1..=6_000).contains(&self.auth_failures_per_min) {
+            return Err(("auth_failures_per_min", "must be between 1 and 6000".into()));
+        }
+        if !(1..=86_400).contains(&self.auth_ban_s) {
+            return Err(("auth_ban_s", "must be between 1 and 86400".into()));
+        }
         Ok(())
     }
 
     /// The parsed extra trusted blocks (validation refused bad ones).
     pub fn trusted_blocks(&self) -> Vec<crate::routing::Cidr> {
         self.trusted.iter().filter_map(|t| t.parse().ok()).collect()
+    }
+
+    /// The failed-authentication table's settings.
+    pub fn auth_failures(&self) -> auth_failures::AuthFailureConfig {
+        auth_failures::AuthFailureConfig {
+            rate: Rate {
+                per_s: f64::from(self.auth_failures_per_min) / 60.0,
+                burst: f64::from(self.auth_failures_burst),
+            },
+            ban: Duration::from_secs(self.auth_ban_s),
+            max_sources: self.max_sources,
+        }
     }
 
     fn table(&self) -> TableConfig {
@@ -189,6 +223,11 @@ pub struct Counters {
     pub handshakes_shed: AtomicU64,
     /// Source IPs banned.
     pub source_bans: AtomicU64,
+    /// Source IPs banned for failed authentications.
+    pub auth_bans: AtomicU64,
+    /// Requests refused because their source was banned for failed
+    /// authentications.
+    pub auth_refused: AtomicU64,
     /// WebSocket flows banned.
     pub flow_bans: AtomicU64,
     /// Messages and connections that passed uncounted (table full).
@@ -199,6 +238,7 @@ pub struct Counters {
 pub struct Limiter {
     cfg: LimitsConfig,
     table: Mutex<SourceTable>,
+    auth: Mutex<auth_failures::AuthFailures>,
     trust: TrustFn,
     counters: Counters,
     log: Mutex<LogThrottle>,
@@ -224,6 +264,7 @@ impl Limiter {
         let now = Instant::now();
         Self {
             table: Mutex::new(SourceTable::new(cfg.table(), now)),
+            auth: Mutex::new(auth_failures::AuthFailures::new(cfg.auth_failures(), now)),
             trust,
             counters: Counters::default(),
             log: Mutex::new(LogThrottle::new(Duration::from_secs(cfg.log_interval_s))),
@@ -304,6 +345,37 @@ impl Limiter {
             }
         }
         outcome
+    }
+
+    /// Whether requests from `ip` are refused for failed authentications:
+    /// the seconds left of the ban. Trusted sources are never banned.
+    pub fn auth_banned(&self, ip: IpAddr) -> Option<u32> {
+        if !self.cfg.enabled {
+            return None;
+        }
+        let left = crate::transport::lock(&self.auth).banned(ip, Instant::now());
+        if left.is_some() {
+            self.counters.auth_refused.fetch_add(1, Ordering::Relaxed);
+        }
+        left
+    }
+
+    /// Counts a failed authentication (wrong password or unknown user)
+    /// from `ip`.
+    pub fn auth_failed(&self, ip: IpAddr) {
+        if !self.cfg.enabled || (self.trust)(ip) {
+            return;
+        }
+        let now = Instant::now();
+        let failure = crate::transport::lock(&self.auth).failed(ip, now);
+        if let auth_failures::Failure::Banned { ban_s } = failure {
+            self.counters.auth_bans.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                source = %ip,
+                ban_s,
+                "too many failed authentications, source banned"
+            );
+        }
     }
 
     /// A per-flow guard for a new WebSocket flow (`None`: limits off).

@@ -51,6 +51,8 @@ pub struct Services {
     pub auth: std::sync::Mutex<DigestAuth>,
     /// Registrations, cached in memory, written through to the database.
     pub location: Arc<LocationService>,
+    /// Flood limits; here for the failed-authentication bans.
+    pub limiter: Arc<crate::limits::Limiter>,
     /// Registrar settings.
     pub registrar: RegistrarConfig,
     /// Challenge order for WebSocket clients.
@@ -212,16 +214,28 @@ async fn run_task(services: &Services, task: Task, counters: &SipCounters) -> Op
                 target: TRACE_TARGET, "auth",
                 method = %request.method, outcome = tracing::field::Empty
             );
-            let result = registrar::authenticate_request_ordered(
-                &services.auth,
-                services.location.store(),
-                &request,
-                unix_now(),
-                order,
-            )
-            .instrument(span.clone())
-            .await
-            .map(|ok| ok.username);
+            let ip = source.peer().ip();
+            let result = if let Some(left) = services.limiter.auth_banned(ip) {
+                // Guessing: refused without a lookup or a hash.
+                Err(registrar::banned_response(&request, left))
+            } else {
+                let result = registrar::authenticate_request_ordered(
+                    &services.auth,
+                    services.location.store(),
+                    &request,
+                    unix_now(),
+                    order,
+                )
+                .instrument(span.clone())
+                .await
+                .map(|ok| ok.username);
+                // 403 is the answer to a wrong password or an unknown user
+                // only (`AuthFailure::action`).
+                if matches!(&result, Err(r) if r.status_code.code() == 403) {
+                    services.limiter.auth_failed(ip);
+                }
+                result
+            };
             match &result {
                 Ok(user) => span.record("outcome", tracing::field::display(user)),
                 Err(resp) => span.record("outcome", resp.status_code.code()),

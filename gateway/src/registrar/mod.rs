@@ -370,6 +370,22 @@ pub fn unavailable_response(req: &rsip::Request, retry_after_secs: u32) -> rsip:
     )
 }
 
+/// 403 for a source banned for failed authentications: how long the ban
+/// lasts in `Retry-After`, why in a `Warning` (RFC 3261 §20.43).
+pub fn banned_response(req: &rsip::Request, retry_after_secs: u32) -> rsip::Response {
+    make_response(
+        req,
+        403,
+        vec![
+            Header::RetryAfter(retry_after_secs.to_string().into()),
+            Header::Other(
+                "Warning".into(),
+                "399 rtcgate \"Too many failed authentications\"".into(),
+            ),
+        ],
+    )
+}
+
 /// Async shell: runs [`process_register`] under the AOR lock of `location` and persists
 /// the changes. A store outage gives 503 + Retry-After (and no binding change).
 pub async fn handle_register(
