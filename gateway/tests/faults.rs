@@ -1,7 +1,7 @@
 //! Fault injection with the real parts (issue #11, hardening): rtpengine
 //! killed under load and restarted on the same port, the database (a
-//! private PostgreSQL of this test, never the shared server) killed and
-//! restarted on the same port and data directory. Each must end with the
+//! private PostgreSQL or MariaDB of this test, never the shared servers)
+//! killed and restarted on the same port and data directory. Each must end with the
 //! right SIP answer, quickly, and nothing lost or leaked.
 //!
 //! Covered elsewhere and not repeated here: a killed PBX with a backup
@@ -463,6 +463,25 @@ async fn register_timed(ws: &mut Ws, user: &str, cseq: u32) -> (String, Duration
     (r, t0.elapsed())
 }
 
+/// A database server private to one test: crashed and started again.
+trait PrivateDb {
+    fn url(&self) -> String;
+    fn kill(&mut self);
+    fn start(&mut self);
+}
+
+impl PrivateDb for PrivatePostgres {
+    fn url(&self) -> String {
+        PrivatePostgres::url(self)
+    }
+    fn kill(&mut self) {
+        PrivatePostgres::kill(self)
+    }
+    fn start(&mut self) {
+        PrivatePostgres::start(self)
+    }
+}
+
 #[tokio::test]
 async fn database_killed_then_restarted_postgres() {
     let pg = PrivatePostgres::create();
@@ -472,7 +491,23 @@ async fn database_killed_then_restarted_postgres() {
     ) {
         return;
     }
-    let mut pg = pg.unwrap();
+    database_killed_then_restarted(&mut pg.unwrap()).await;
+}
+
+#[tokio::test]
+async fn database_killed_then_restarted_mariadb() {
+    let db = PrivateMariaDb::create();
+    if !require(
+        "MariaDB server binaries (mariadb-install-db, mariadbd)",
+        db.is_some(),
+    ) {
+        return;
+    }
+    database_killed_then_restarted(&mut db.unwrap()).await;
+}
+
+/// REGISTERs while the database is up, crashed (SIGKILL) and back.
+async fn database_killed_then_restarted(pg: &mut impl PrivateDb) {
     let url = pg.url();
     let gw = TestGateway::start_with(|c| c.database.url = url.clone()).await;
     let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
@@ -543,4 +578,136 @@ async fn database_killed_then_restarted_postgres() {
     assert_eq!(store.list_bindings(&aor("3003")).await.unwrap().len(), 1);
     assert!(store.list_bindings(&aor("3002")).await.unwrap().is_empty());
     store.close().await;
+}
+
+/// A MariaDB server of one test: its own data directory (a fresh
+/// `mariadb-install-db`), port and socket; no grant tables, so root needs no
+/// password. The database `rtcgate` is a directory of the data directory.
+struct PrivateMariaDb {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateMariaDb {
+    fn create() -> Option<Self> {
+        let install = which("mariadb-install-db")?;
+        std::path::Path::new("/usr/sbin/mariadbd")
+            .is_file()
+            .then_some(())?;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let out = std::process::Command::new(install)
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+            .args(if running_as_root() {
+                vec!["--user=root"]
+            } else {
+                vec![]
+            })
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mariadb-install-db failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::create_dir(data.join("rtcgate")).unwrap();
+        let mut db = Self {
+            dir,
+            port: free_tcp_port(),
+            child: None,
+        };
+        db.start();
+        Some(db)
+    }
+}
+
+impl PrivateDb for PrivateMariaDb {
+    fn url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}/rtcgate", self.port)
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
+        let mut cmd = std::process::Command::new("/usr/sbin/mariadbd");
+        cmd.arg("--no-defaults")
+            .arg(format!(
+                "--datadir={}",
+                self.dir.path().join("data").display()
+            ))
+            .arg(format!(
+                "--socket={}",
+                self.dir.path().join("sock").display()
+            ))
+            .arg(format!("--port={}", self.port))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--skip-grant-tables",
+                "--skip-log-bin",
+                // Written to the OS at each commit: a killed server loses
+                // nothing (0 would lose up to a second of commits).
+                "--innodb-flush-log-at-trx-commit=2",
+                "--innodb-buffer-pool-size=16M",
+            ]);
+        if running_as_root() {
+            cmd.arg("--user=root");
+        }
+        let child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let url = self.url();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let ready = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                loop {
+                    if let Ok(Ok(pool)) = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        sqlx::mysql::MySqlPoolOptions::new()
+                            .max_connections(1)
+                            .connect(&url),
+                    )
+                    .await
+                    {
+                        pool.close().await;
+                        return true;
+                    }
+                    if Instant::now() > deadline {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        })
+        .join()
+        .unwrap();
+        assert!(
+            ready,
+            "private mariadbd did not start: {}",
+            std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+        );
+    }
+
+    /// SIGKILL: a crash (InnoDB recovers on the next start).
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateMariaDb {
+    fn drop(&mut self) {
+        PrivateDb::kill(self);
+    }
 }
