@@ -93,9 +93,9 @@ pub struct Config {
 pub struct Accounting {
     /// Write a record for every call.
     pub enabled: bool,
-    /// Events and records queued toward the database; beyond that (a slow
-    /// or unreachable database) records are dropped and counted, never
-    /// waited for.
+    /// Events and records queued toward the database, and records held
+    /// while it is unavailable; beyond that records are dropped and
+    /// counted, never waited for.
     pub queue_size: usize,
     /// Records written per database transaction, at most.
     pub batch_size: usize,

@@ -401,7 +401,7 @@ fn failed(call_id: &str) -> DialogEvent {
 }
 
 #[tokio::test]
-async fn database_outage_loses_records_and_counts_them() {
+async fn records_wait_out_a_database_outage_and_nothing_waits_for_them() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::connect(&format!("sqlite://{}/a.db?mode=rwc", dir.path().display()))
         .await
@@ -414,15 +414,50 @@ async fn database_outage_loses_records_and_counts_them() {
         assert!(Instant::now() < deadline, "{:?}", acct.stats());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The database goes away: the record is lost, counted, and nothing waits.
+    // The database goes away for good (the pool is closed): the record is
+    // held, not lost, and nothing waits for it.
     store.close().await;
-    acct.dialog_event(&started("lost1"));
-    acct.dialog_event(&failed("lost1"));
-    while acct.stats().dropped_db_error < 1 {
+    let t0 = Instant::now();
+    acct.dialog_event(&started("held1"));
+    acct.dialog_event(&failed("held1"));
+    assert!(t0.elapsed() < Duration::from_millis(100));
+    while acct.stats().held < 1 {
         assert!(Instant::now() < deadline, "{:?}", acct.stats());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(acct.stats().written, 1);
+    let s = acct.stats();
+    assert_eq!((s.written, s.dropped_db_error), (1, 0), "{s:?}");
+    // A shutdown flush does not hang on it either.
+    assert!(acct.flush(Duration::from_secs(5)).await);
+    assert_eq!(acct.stats().held, 1);
+}
+
+#[tokio::test]
+async fn a_full_hold_loses_the_oldest_records_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}/a.db?mode=rwc", dir.path().display()))
+        .await
+        .unwrap();
+    store.close().await;
+    let acct = Accounting::start(
+        store,
+        AccountingConfig {
+            queue: 4,
+            ..AccountingConfig::default()
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for i in 0..6 {
+        acct.dialog_event(&started(&format!("h{i}")));
+        acct.dialog_event(&failed(&format!("h{i}")));
+        // Let the collector and the writer take them (queue of 4).
+        while acct.stats().held + acct.stats().dropped_db_error < i + 1 {
+            assert!(Instant::now() < deadline, "{:?}", acct.stats());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let s = acct.stats();
+    assert_eq!((s.held, s.dropped_db_error, s.written), (4, 2, 0), "{s:?}");
 }
 
 #[tokio::test]

@@ -514,8 +514,17 @@ async fn database_killed_then_restarted(pg: &mut impl PrivateDb) {
 
     let (r, _) = register_timed(&mut ws, "3001", 1).await;
     assert_eq!(sip_status(&r), Some(200), "{r}");
+    // Call records on the same store (its breaker shared with REGISTER).
+    let acct =
+        rtcgate::accounting::Accounting::start(gw.app.location.store().clone(), Default::default());
+    acct.dialog_event(&call_event("before", true));
+    acct.dialog_event(&call_event("before", false));
+    wait_for(|| acct.stats().written == 1, "the first call record").await;
 
     pg.kill();
+    // A call ends during the outage: its record is held, not lost.
+    acct.dialog_event(&call_event("during", true));
+    acct.dialog_event(&call_event("during", false));
 
     // Every REGISTER meanwhile: 503 with Retry-After, never a hang or a
     // dropped answer. The first waits out the pool's acquire timeout (3 s);
@@ -567,6 +576,9 @@ async fn database_killed_then_restarted(pg: &mut impl PrivateDb) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!("REGISTER succeeded {:?} after the restart", t0.elapsed());
+    wait_for(|| acct.stats().written == 2, "the held call record").await;
+    let s = acct.stats();
+    assert_eq!((s.held, s.dropped_db_error), (0, 0), "{s:?}");
 
     // Data intact: the binding from before the crash and the new one are
     // in the database, the refused one is not.
@@ -577,7 +589,48 @@ async fn database_killed_then_restarted(pg: &mut impl PrivateDb) {
     assert_eq!(before[0].contact, "sip:3001c@ua.invalid;transport=ws");
     assert_eq!(store.list_bindings(&aor("3003")).await.unwrap().len(), 1);
     assert!(store.list_bindings(&aor("3002")).await.unwrap().is_empty());
+    let mut calls: Vec<String> = store
+        .list_call_records(10, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.call_id)
+        .collect();
+    calls.sort();
+    assert_eq!(calls, ["before", "during"]);
     store.close().await;
+}
+
+/// A call's start (`true`) or its failure with 486.
+fn call_event(call_id: &str, start: bool) -> rtcgate::proxy::dialog::DialogEvent {
+    use rtcgate::proxy::dialog::{CallStart, DialogEvent, DialogEventKind};
+    DialogEvent {
+        call_id: call_id.into(),
+        at: Instant::now(),
+        kind: if start {
+            DialogEventKind::Started(CallStart {
+                caller: "a@x".into(),
+                caller_tag: "t".into(),
+                callee: "b@x".into(),
+                direction: None,
+                destinations: vec![],
+            })
+        } else {
+            DialogEventKind::Failed {
+                status: 486,
+                destinations: vec![],
+            }
+        },
+    }
+}
+
+/// Polls `done` for up to 15 s.
+async fn wait_for(done: impl Fn() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A MariaDB server of one test: its own data directory (a fresh

@@ -4,9 +4,13 @@
 //! delete statistics ([`DeletedCall`]) go through bounded channels to a
 //! collector task (the sans-IO [`Collector`] in a thin shell), which hands
 //! finished records through another bounded channel to a writer task that
-//! inserts them in batches. Nothing here ever makes call handling wait: a
-//! full channel or a failing database loses records, counts them
-//! ([`AccountingStats`]) and logs a warning.
+//! inserts them in batches. Nothing here ever makes call handling wait.
+//! While the database is unavailable the writer holds the records (as many
+//! as a queue holds) and tries again with backoff, so an outage loses
+//! nothing it outlasts; a full channel, an overflowing hold or a record the
+//! database refuses loses records, counts them ([`AccountingStats`]) and
+//! logs a warning. A refused record costs only itself: its batch is retried
+//! one record at a time.
 
 pub mod collector;
 
@@ -55,8 +59,11 @@ pub struct AccountingStats {
     pub written: u64,
     /// Records lost because the writer's queue was full (database slow or down).
     pub dropped_queue_full: u64,
-    /// Records lost because their insert failed.
+    /// Records lost because the database refused them, or because more
+    /// were waiting for an unavailable database than the hold keeps.
     pub dropped_db_error: u64,
+    /// Records waiting for the database to come back.
+    pub held: u64,
     /// Dialog events lost because the collector's queue was full.
     pub events_dropped: u64,
     /// Calls followed now.
@@ -72,6 +79,7 @@ struct Counters {
     written: AtomicU64,
     dropped_queue_full: AtomicU64,
     dropped_db_error: AtomicU64,
+    held: AtomicU64,
     events_dropped: AtomicU64,
     open_calls: AtomicU64,
     not_followed: AtomicU64,
@@ -127,12 +135,16 @@ impl Accounting {
             records_tx,
             counters.clone(),
         ));
-        tokio::spawn(write(
+        let writer = Writer {
             store,
-            records_rx,
-            config.batch.max(1),
-            counters.clone(),
-        ));
+            held: std::collections::VecDeque::new(),
+            max_held: queue,
+            batch: config.batch.max(1),
+            backoff: RETRY_MIN,
+            retry_at: None,
+            counters: counters.clone(),
+        };
+        tokio::spawn(writer.run(records_rx));
         Self {
             events: events_tx,
             media: media_tx,
@@ -182,6 +194,7 @@ impl Accounting {
             written: c.written.load(Ordering::Relaxed),
             dropped_queue_full: c.dropped_queue_full.load(Ordering::Relaxed),
             dropped_db_error: c.dropped_db_error.load(Ordering::Relaxed),
+            held: c.held.load(Ordering::Relaxed),
             events_dropped: c.events_dropped.load(Ordering::Relaxed),
             open_calls: c.open_calls.load(Ordering::Relaxed),
             not_followed: c.not_followed.load(Ordering::Relaxed),
@@ -241,45 +254,162 @@ async fn collect(
     }
 }
 
-/// The writer: batches of whatever is queued, one transaction each.
-async fn write(
+/// First and longest wait before the writer tries an unavailable database again.
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The writer: batches of whatever is held, one transaction each.
+struct Writer {
     store: Store,
-    mut queue: mpsc::Receiver<Output>,
+    /// Records not yet in the database, oldest first.
+    held: std::collections::VecDeque<NewCallRecord>,
+    max_held: usize,
     batch: usize,
+    backoff: Duration,
+    /// Set while the database is unavailable: when to try again.
+    retry_at: Option<tokio::time::Instant>,
     counters: Arc<Counters>,
-) {
-    let mut taken = Vec::with_capacity(batch);
-    let mut records = Vec::with_capacity(batch);
-    while queue.recv_many(&mut taken, batch).await > 0 {
-        for item in taken.drain(..) {
-            match item {
-                Output::Record(r) => records.push(r),
-                Output::Flush(done) => {
-                    insert(&store, &mut records, &counters).await;
-                    let _ = done.send(());
+}
+
+impl Writer {
+    async fn run(mut self, mut queue: mpsc::Receiver<Output>) {
+        let mut taken = Vec::with_capacity(self.batch);
+        loop {
+            let mut flushes = Vec::new();
+            let retry_at = self.retry_at;
+            tokio::select! {
+                n = queue.recv_many(&mut taken, self.batch) => {
+                    if n == 0 {
+                        break;
+                    }
+                    for item in taken.drain(..) {
+                        match item {
+                            Output::Record(r) => self.hold(r),
+                            Output::Flush(done) => flushes.push(done),
+                        }
+                    }
+                }
+                _ = sleep_until(retry_at), if retry_at.is_some() => self.retry_at = None,
+            }
+            // A flush (shutdown) tries once even while backing off.
+            if self.retry_at.is_none() || !flushes.is_empty() {
+                self.write_held().await;
+            }
+            for done in flushes {
+                let _ = done.send(());
+            }
+        }
+        if !self.held.is_empty() {
+            tracing::warn!(
+                lost = self.held.len(),
+                "accounting: database unavailable at shutdown; call records not written"
+            );
+        }
+    }
+
+    fn hold(&mut self, r: NewCallRecord) {
+        if self.held.len() >= self.max_held
+            && let Some(oldest) = self.held.pop_front()
+        {
+            self.lose(&oldest.call_id, "held too long for an unavailable database");
+        }
+        self.held.push_back(r);
+        self.note_held();
+    }
+
+    fn note_held(&self) {
+        self.counters
+            .held
+            .store(self.held.len() as u64, Ordering::Relaxed);
+    }
+
+    fn lose(&self, call_id: &str, why: &str) {
+        let n = self
+            .counters
+            .dropped_db_error
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if worth_a_warning(n) {
+            tracing::warn!(%call_id, dropped = n, "accounting: call record lost: {why}");
+        }
+    }
+
+    /// Writes what is held, a batch per transaction, until done or the
+    /// database is unavailable (then schedules the next try).
+    async fn write_held(&mut self) {
+        while !self.held.is_empty() {
+            let n = self.held.len().min(self.batch);
+            let result = self
+                .store
+                .insert_call_records(&self.held.make_contiguous()[..n])
+                .await;
+            match result {
+                Ok(written) => {
+                    self.counters.written.fetch_add(written, Ordering::Relaxed);
+                    self.held.drain(..n);
+                    self.recovered();
+                }
+                Err(e) if e.is_unavailable() => {
+                    self.unavailable(&e);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, records = n, "accounting: batch refused; writing its records one by one");
+                    if !self.write_one_by_one(n).await {
+                        break;
+                    }
                 }
             }
         }
-        insert(&store, &mut records, &counters).await;
+        self.note_held();
     }
-}
 
-/// One transaction for `records` (emptied); failures are counted and logged.
-async fn insert(store: &Store, records: &mut Vec<NewCallRecord>, counters: &Counters) {
-    if records.is_empty() {
-        return;
-    }
-    match store.insert_call_records(records).await {
-        Ok(n) => {
-            counters.written.fetch_add(n, Ordering::Relaxed);
+    /// The first `n` held records one transaction each; false when the
+    /// database became unavailable (the rest stays held).
+    async fn write_one_by_one(&mut self, n: usize) -> bool {
+        for _ in 0..n {
+            let Some(r) = self.held.front() else {
+                break;
+            };
+            match self
+                .store
+                .insert_call_records(std::slice::from_ref(r))
+                .await
+            {
+                Ok(written) => {
+                    self.counters.written.fetch_add(written, Ordering::Relaxed);
+                }
+                Err(e) if e.is_unavailable() => {
+                    self.unavailable(&e);
+                    return false;
+                }
+                Err(e) => {
+                    let call_id = r.call_id.clone();
+                    tracing::warn!(%call_id, error = %e, "accounting: the database refused a call record");
+                    self.lose(&call_id, "refused by the database");
+                }
+            }
+            self.held.pop_front();
         }
-        Err(e) => {
-            let lost = records.len() as u64;
-            let n = counters.dropped_db_error.fetch_add(lost, Ordering::Relaxed) + lost;
-            tracing::warn!(error = %e, lost, dropped = n, "accounting: call records not written");
-        }
+        self.recovered();
+        true
     }
-    records.clear();
+
+    fn unavailable(&mut self, e: &crate::store::StoreError) {
+        if self.backoff == RETRY_MIN {
+            tracing::warn!(error = %e, held = self.held.len(), "accounting: database unavailable; holding call records");
+        }
+        self.retry_at = Some(tokio::time::Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(RETRY_MAX);
+    }
+
+    fn recovered(&mut self) {
+        if self.backoff != RETRY_MIN {
+            tracing::info!("accounting: database back; writing held call records");
+        }
+        self.backoff = RETRY_MIN;
+        self.retry_at = None;
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -47,11 +47,17 @@ impl Store {
         })
     }
 
-    /// Inserts many call records in one transaction (all or none); returns how many.
+    /// Inserts many call records in one transaction (all or none); returns
+    /// how many. Behind the circuit breaker: while the database is known to
+    /// be down this fails at once ([`StoreError::CircuitOpen`]).
     pub async fn insert_call_records(&self, records: &[NewCallRecord]) -> Result<u64, StoreError> {
         if records.is_empty() {
             return Ok(0);
         }
+        self.guarded(self.insert_call_records_now(records)).await
+    }
+
+    async fn insert_call_records_now(&self, records: &[NewCallRecord]) -> Result<u64, StoreError> {
         let mut n = 0;
         match &self.backend {
             Backend::Sqlite(pool) => {
