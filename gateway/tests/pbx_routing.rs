@@ -420,3 +420,66 @@ async fn reload_changes_a_route_without_dropping_a_call() {
     let (o, _) = caller.call("1502", "localhost", false).await;
     assert_eq!((o.code, o.answered_by), (200, Some(pc)), "{}", o.response);
 }
+
+/// A browser call through real rtpengine to a routing set whose primary
+/// is overloaded: it answers 100 Trying, then 503 with Retry-After. The call
+/// fails over to the backup and is answered; the browser never sees the
+/// 503, gets a WebRTC answer, and after the BYE rtpengine holds nothing (the
+/// offer made for the primary is reused, not leaked).
+#[tokio::test]
+async fn overloaded_pbx_503_mid_setup_fails_over_with_media_and_leaks_nothing() {
+    let Some(bin) = common::rtpengine::need_rtpengine() else {
+        return;
+    };
+    let Some(overloaded) = SippRun::spawn("pbx_overloaded.xml", &["-m", "1"]) else {
+        require("sipp", false);
+        return;
+    };
+    let backup = Pbx::start(pick_udp_port()).unwrap();
+    let rtp = common::rtpengine::Daemon::start(&bin);
+    let toml_text = format!(
+        r#"
+[[routing.sets]]
+name = "pbx"
+trusted_sources = ["127.0.0.1"]
+probe = {{ interval_ms = 0 }}
+destinations = [
+  {{ address = "127.0.0.1:{}", priority = 0 }},
+  {{ address = "127.0.0.1:{}", priority = 1 }},
+]
+[[routing.rules]]
+default = true
+set = "pbx"
+"#,
+        overloaded.port, backup.port
+    );
+    let parsed = Config::parse(&toml_text, "test.toml").expect("test routing config");
+    let gw = TestGateway::start_with(|c| {
+        c.routing = parsed.routing;
+        c.rtpengine = rtp.config();
+        c.rtpengine.enabled = true;
+    })
+    .await;
+    let mut ws = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
+    ws_send(&mut ws, &ws_invite("ovl", "1000", &webrtc_offer())).await;
+    let (ok, seen) = ws_final(&mut ws).await;
+    assert_eq!(sip_status(&ok), Some(200), "{seen:?} {ok}");
+    assert!(
+        !seen.contains(&503),
+        "the 503 stays between us and the PBX: {seen:?}"
+    );
+    let contact = sip_header(&ok, "Contact");
+    assert!(
+        contact.contains(&format!(":{}", backup.port)),
+        "answered by the backup: {contact}"
+    );
+    let answer = sip_body(&ok);
+    assert!(answer.contains("UDP/TLS/RTP/SAVPF"), "{answer}");
+    assert!(answer.contains("a=fingerprint:"), "{answer}");
+    ws_send(&mut ws, &ws_in_dialog("ACK", 1, "ovl", &ok)).await;
+    assert_eq!(rtp.calls().len(), 1, "one media session for the call");
+    // The overloaded PBX got its hop-by-hop ACK.
+    assert!(overloaded.finish(Duration::from_secs(10)).await);
+    ws_hang_up(&mut ws, "ovl", &ok).await;
+    rtp.wait_empty(Duration::from_secs(5)).await;
+}
