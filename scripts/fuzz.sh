@@ -28,7 +28,7 @@ ROOT=$PWD
 
 SECONDS_PER_TARGET=${1:-30}
 shift || true
-ALL_TARGETS=(sip_message sdp ng_reply digest config)
+ALL_TARGETS=(sip_message sdp ng_reply digest config proxy)
 if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL_TARGETS[@]}"); fi
 case "$SECONDS_PER_TARGET" in
   '' | *[!0-9]*) echo "usage: $0 [SECONDS_PER_TARGET] [TARGET...]" >&2; exit 2 ;;

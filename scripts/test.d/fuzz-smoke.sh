@@ -28,7 +28,7 @@ mkdir -p "$FUZZ_TARGET_DIR"
 
 warm=1
 cargo fuzz --version >/dev/null 2>&1 || warm=0
-for t in sip_message sdp ng_reply digest config; do
+for t in sip_message sdp ng_reply digest config proxy; do
   [ -x "$FUZZ_TARGET_DIR/x86_64-unknown-linux-gnu/release/$t" ] || warm=0
 done
 # New or changed dependencies mean an instrumented rebuild of them: as slow as
