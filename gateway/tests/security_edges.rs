@@ -739,3 +739,74 @@ async fn a_destination_the_transport_cannot_send_to_gets_503_at_once() {
     assert_eq!(sip_status(&r), Some(503), "{r}");
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
 }
+
+/// A browser registered over WebSocket flow 1 of a gateway that then died
+/// (its binding is still in the database). The restarted gateway's first
+/// connection is flow 1 again, another browser's: a call to the first user
+/// must not reach it.
+#[tokio::test]
+async fn after_a_restart_a_dead_connections_registration_reaches_no_other_browser() {
+    let db = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/location.db?mode=rwc", db.path().display());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    {
+        let store = rtcgate::store::Store::connect(&url).await.unwrap();
+        store
+            .upsert_binding(&rtcgate::store::Binding {
+                aor: "sip:1001@localhost".into(),
+                contact: "sip:alice@a.invalid;transport=ws".into(),
+                expires_at: now + 600,
+                q: 1000,
+                path: vec![],
+                received: Some("127.0.0.1:40001".into()),
+                flow_id: Some("1".into()),
+                node_id: rtcgate::config::Config::default().general.node_id,
+                instance: None,
+                reg_id: None,
+                user_agent: None,
+                call_id: "alice-reg".into(),
+                cseq: 1,
+                updated_at: now,
+            })
+            .await
+            .unwrap();
+        store.close().await;
+    }
+    let gw = TestGateway::start_with(|c| c.database.url = url.clone()).await;
+    assert!(
+        gw.app.location.lookup("sip:1001@localhost", now).is_empty(),
+        "a dead connection's binding was loaded"
+    );
+    // Bob's browser: the first connection, flow 1.
+    let mut bob = ws_connect(gw.ws(), None, Some("sip"), None).await.unwrap();
+    ws_send(&mut bob, &options("WS", "bob", "localhost")).await;
+    assert!(ws_recv(&mut bob).await.starts_with("SIP/2.0 200"));
+    let caller = udp_on("127.0.0.2").await;
+    let me = caller.local_addr().unwrap();
+    let message = format!(
+        "MESSAGE sip:1001@localhost SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKrestart1\r\nMax-Forwards: 70\r\nFrom: <sip:2000@localhost>;tag=r1\r\nTo: <sip:1001@localhost>\r\nCall-ID: restart1@client\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+    );
+    caller.send_to(message.as_bytes(), gw.udp()).await.unwrap();
+    let r = udp_final(&caller).await;
+    assert!(
+        matches!(sip_status(&r), Some(404 | 480)),
+        "1001 is not registered any more: {r}"
+    );
+    assert!(
+        ws_recv_within(&mut bob, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "alice's message reached bob"
+    );
+    let stored = gw
+        .app
+        .location
+        .store()
+        .list_bindings("sip:1001@localhost")
+        .await
+        .unwrap();
+    assert!(stored.is_empty(), "{stored:?}");
+}

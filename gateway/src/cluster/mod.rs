@@ -58,9 +58,10 @@ impl Round {
 }
 
 impl Cluster {
-    /// Joins the cluster: drops this node's flow bindings of a previous life,
-    /// writes the first heartbeat and reads the peers before returning (so the
-    /// node is known before it takes traffic), then keeps both going.
+    /// Joins the cluster (`LocationService::load` already dropped this node's
+    /// flow bindings of a previous life): writes the first heartbeat and
+    /// reads the peers before returning (so the node is known before it takes
+    /// traffic), then keeps both going.
     pub async fn start(
         store: Store,
         location: Arc<LocationService>,
@@ -68,10 +69,6 @@ impl Cluster {
         config: &ClusterConfig,
     ) -> Result<Self, StoreError> {
         let advertise = config.advertise.map(|a| a.to_string()).unwrap_or_default();
-        let stale = store.remove_node_flow_bindings(node_id).await?;
-        if stale > 0 {
-            tracing::info!(stale, "flow bindings of this node's previous run removed");
-        }
         let now = unix_now();
         let peers = Arc::new(PeerTable::new(node_id));
         let mut round = Round {

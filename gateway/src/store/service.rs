@@ -31,11 +31,24 @@ impl LocationService {
     /// Loads all bindings not expired at `now` from the store (so a restart keeps
     /// registrations). `node_id` names this node: [`flow_closed`](Self::flow_closed)
     /// only removes bindings whose flow lives here.
+    ///
+    /// Bindings of this node that name a transport flow are deleted instead:
+    /// the flows died with the previous process, and flow ids start over, so
+    /// such a binding would route the user's calls to whichever browser gets
+    /// that id next.
     pub async fn load(
         store: Store,
         node_id: impl Into<String>,
         now: i64,
     ) -> Result<Self, StoreError> {
+        let node_id = node_id.into();
+        let dead = store.remove_node_flow_bindings(&node_id).await?;
+        if dead > 0 {
+            tracing::info!(
+                bindings = dead,
+                "removed the registrations of connections of the previous run"
+            );
+        }
         let mut cache: HashMap<String, Vec<Binding>> = HashMap::new();
         for b in store.list_all_bindings(now).await? {
             cache.entry(b.aor.clone()).or_default().push(b);
@@ -49,7 +62,7 @@ impl LocationService {
         Ok(Self {
             writer: BindingWriter::spawn(store.clone()),
             store,
-            node_id: node_id.into(),
+            node_id,
             cache: RwLock::new(cache),
             locks: std::array::from_fn(|_| Mutex::new(())),
         })
