@@ -170,6 +170,7 @@ on_all_backends!(
     sql_metacharacters_in_user_name,
     restart_keeps_live_registrations,
     flow_close_removes_its_bindings,
+    register_finishing_after_its_flow_closed_leaves_no_binding,
     concurrent_updates_are_group_committed,
     subscriber_admin_and_typed_errors,
     call_records_insert_update_list,
@@ -646,6 +647,38 @@ async fn flow_close_removes_its_bindings(url: String) {
         .find(|b| b.node_id == "node-2")
         .unwrap();
     assert_eq!(round, foreign);
+    node.store.close().await;
+}
+
+/// A REGISTER whose WebSocket closed before its binding was written (the
+/// browser went away mid-REGISTER): no binding in the cache or the table,
+/// so no call waits on a dead flow until the registration expires.
+async fn register_finishing_after_its_flow_closed_leaves_no_binding(url: String) {
+    let node = node_with_user(&url, T0).await;
+    let mut gone = Ua::new("2000", "s3cret", "sip:gone@a.invalid;transport=ws");
+    let mut alive = Ua::new("2000", "s3cret", "sip:alive@b.invalid;transport=ws");
+    node.location.flow_closed("flow-gone").await.unwrap();
+    assert_eq!(code(&gone.register(&node, 300, T0, "flow-gone").await), 200);
+    assert_eq!(
+        code(&alive.register(&node, 300, T0, "flow-alive").await),
+        200
+    );
+    let live: Vec<String> = node
+        .location
+        .lookup(AOR, T0)
+        .into_iter()
+        .map(|b| b.contact)
+        .collect();
+    assert_eq!(live, ["sip:alive@b.invalid;transport=ws"]);
+    let stored: Vec<String> = node
+        .store
+        .list_bindings(AOR)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.contact)
+        .collect();
+    assert_eq!(stored, ["sip:alive@b.invalid;transport=ws"]);
     node.store.close().await;
 }
 

@@ -25,6 +25,37 @@ pub struct LocationService {
     node_id: String,
     cache: RwLock<HashMap<String, Vec<Binding>>>,
     locks: [Mutex<()>; LOCK_SHARDS],
+    /// Flows of this node that closed, newest last (bounded): a REGISTER
+    /// decided while its flow was open may finish after the flow closed.
+    closed: std::sync::Mutex<ClosedFlows>,
+}
+
+/// The last [`CLOSED_FLOWS`] closed flow ids. Flow ids are never reused
+/// within a process, so remembering a closed one is always right; the bound
+/// only needs to outlast a REGISTER's database write.
+#[derive(Debug, Default)]
+struct ClosedFlows {
+    ids: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+const CLOSED_FLOWS: usize = 4096;
+
+impl ClosedFlows {
+    fn insert(&mut self, flow: &str) {
+        if self.ids.insert(flow.to_owned()) {
+            self.order.push_back(flow.to_owned());
+            if self.order.len() > CLOSED_FLOWS
+                && let Some(old) = self.order.pop_front()
+            {
+                self.ids.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, flow: &str) -> bool {
+        self.ids.contains(flow)
+    }
 }
 
 impl LocationService {
@@ -65,6 +96,7 @@ impl LocationService {
             node_id,
             cache: RwLock::new(cache),
             locks: std::array::from_fn(|_| Mutex::new(())),
+            closed: std::sync::Mutex::new(ClosedFlows::default()),
         })
     }
 
@@ -148,13 +180,43 @@ impl LocationService {
     {
         let _guard = self.lock_for(aor).lock().await;
         let current = self.read().get(aor).cloned().unwrap_or_default();
-        let (changes, out) = decide(&current);
+        let (mut changes, out) = decide(&current);
+        // A flow that closed since the REGISTER came in gets no binding.
+        changes.retain(|c| !self.names_closed_flow(c));
         if !changes.is_empty() {
             // Group commit: waits until the change is in the database.
             self.writer.apply(changes.clone()).await?;
+            // Closed while the write ran: its removal may have gone first.
+            let late: Vec<String> = changes
+                .iter()
+                .filter(|c| self.names_closed_flow(c))
+                .filter_map(|c| match c {
+                    BindingChange::Upsert(b) => b.flow_id.clone(),
+                    BindingChange::Remove { .. } => None,
+                })
+                .collect();
+            changes.retain(|c| !self.names_closed_flow(c));
             self.apply_to_cache(&changes);
+            for flow in late {
+                self.writer.remove_flow(&self.node_id, &flow).await?;
+            }
         }
         Ok(out)
+    }
+
+    fn names_closed_flow(&self, change: &BindingChange) -> bool {
+        match change {
+            BindingChange::Upsert(b) => {
+                b.node_id == self.node_id
+                    && b.flow_id.as_deref().is_some_and(|f| {
+                        self.closed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .contains(f)
+                    })
+            }
+            BindingChange::Remove { .. } => false,
+        }
     }
 
     fn apply_to_cache(&self, changes: &[BindingChange]) {
@@ -183,6 +245,10 @@ impl LocationService {
     /// A transport flow closed: its bindings stop being routable at once (cache) and are
     /// deleted from the store. Returns the number of bindings removed from the cache.
     pub async fn flow_closed(&self, flow_id: &str) -> Result<usize, StoreError> {
+        self.closed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(flow_id);
         let mut removed = 0usize;
         {
             let mut cache = self.write();
