@@ -147,31 +147,33 @@ pub fn host_port(a: SocketAddr) -> String {
 /// respecting quotes and angle brackets.
 pub fn split_list(value: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let (mut quoted, mut angle, mut cur) = (false, false, String::new());
-    let mut escaped = false;
-    for c in value.chars() {
+    let mut push = |part: &str| {
+        let t = part.trim();
+        if !t.is_empty() {
+            out.push(t.to_owned());
+        }
+    };
+    if !value.contains(',') {
+        push(value);
+        return out;
+    }
+    // Every separator is ASCII, so byte offsets are char boundaries.
+    let (mut quoted, mut angle, mut escaped, mut start) = (false, false, false, 0);
+    for (i, c) in value.bytes().enumerate() {
         match c {
             _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '<' if !quoted => angle = true,
-            '>' if !quoted => angle = false,
-            ',' if !quoted && !angle => {
-                let t = cur.trim();
-                if !t.is_empty() {
-                    out.push(t.to_owned());
-                }
-                cur.clear();
-                continue;
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b'<' if !quoted => angle = true,
+            b'>' if !quoted => angle = false,
+            b',' if !quoted && !angle => {
+                push(&value[start..i]);
+                start = i + 1;
             }
             _ => {}
         }
-        cur.push(c);
     }
-    let t = cur.trim();
-    if !t.is_empty() {
-        out.push(t.to_owned());
-    }
+    push(&value[start..]);
     out
 }
 
@@ -247,28 +249,19 @@ pub fn routes(req: &rsip::Request) -> Vec<String> {
 
 /// Replaces all Route headers with `entries` (one header per entry).
 pub fn set_routes(req: &mut rsip::Request, entries: &[String]) {
-    let first = req
-        .headers
+    let headers = &mut req.headers.0;
+    let first = headers
         .iter()
         .position(|h| matches!(h, rsip::Header::Route(_)));
-    req.headers.retain(|h| !matches!(h, rsip::Header::Route(_)));
-    let mut rebuilt = rsip::Headers::default();
-    let mut inserted = false;
-    for (i, h) in req.headers.iter().enumerate() {
-        if !inserted && Some(i) == first {
-            for e in entries {
-                rebuilt.push(rsip::Header::Route(rsip::headers::Route::new(e.clone())));
-            }
-            inserted = true;
-        }
-        rebuilt.push(h.clone());
-    }
-    if !inserted {
-        for e in entries {
-            rebuilt.push(rsip::Header::Route(rsip::headers::Route::new(e.clone())));
-        }
-    }
-    req.headers = rebuilt;
+    headers.retain(|h| !matches!(h, rsip::Header::Route(_)));
+    // Where the first Route was (only other headers precede it), else last.
+    let at = first.unwrap_or(headers.len()).min(headers.len());
+    headers.splice(
+        at..at,
+        entries
+            .iter()
+            .map(|e| rsip::Header::Route(rsip::headers::Route::new(e.clone()))),
+    );
 }
 
 /// Builds one of our Record-Route entries.
