@@ -1305,13 +1305,13 @@ impl Proxy {
         // Our Record-Route said a peer node does this call's media.
         let mut peer_media = false;
         while let Some(first) = routes.first() {
-            let Some(f) = route::uri_facts(route::uri_of(first)) else {
+            let Some((f, no_media)) = route::route_entry_facts(first) else {
                 break;
             };
             if !self.local.is_me(&f.host, f.port) {
                 break;
             }
-            peer_media |= route::is_no_media(first);
+            peer_media |= no_media;
             next_flow = Some(
                 f.user
                     .as_deref()
@@ -1732,13 +1732,13 @@ impl Proxy {
         let mut next_flow = None;
         let mut peer_media = false;
         while let Some(first) = routes.first() {
-            let Some(f) = route::uri_facts(route::uri_of(first)) else {
+            let Some((f, no_media)) = route::route_entry_facts(first) else {
                 break;
             };
             if !self.local.is_me(&f.host, f.port) {
                 break;
             }
-            peer_media |= route::is_no_media(first);
+            peer_media |= no_media;
             next_flow = f
                 .user
                 .as_deref()
@@ -2452,6 +2452,12 @@ impl Proxy {
 
     /// §16.3 step 4: a Via of ours whose branch carries this request's hash.
     fn is_loop(&self, req: &rsip::Request) -> bool {
+        // Only a Via with our branch prefix can carry the hash: most requests
+        // have none, and then the hash need not be computed.
+        let ours = |h: &rsip::Header| matches!(h, rsip::Header::Via(v) if v.value().contains("z9hG4bK.rg"));
+        if !req.headers.iter().any(ours) {
+            return false;
+        }
         let mine = format!("z9hG4bK.rg{}.", self.loop_hash(req));
         req.headers.iter().any(|h| match h {
             rsip::Header::Via(v) => route::split_list(v.value())

@@ -207,6 +207,13 @@ pub fn uri_facts(uri: &str) -> Option<UriFacts> {
     Some(facts_of(&parsed))
 }
 
+/// The facts of a Route entry's URI and whether it carries our `nm`
+/// parameter (see [`is_no_media`]), from one parse.
+pub fn route_entry_facts(entry: &str) -> Option<(UriFacts, bool)> {
+    let parsed = rsip::Uri::try_from(uri_of(entry)).ok()?;
+    Some((facts_of(&parsed), has_no_media_param(&parsed)))
+}
+
 /// The facts of a parsed URI.
 pub fn facts_of(uri: &rsip::Uri) -> UriFacts {
     let mut transport = None;
@@ -228,10 +235,35 @@ pub fn facts_of(uri: &rsip::Uri) -> UriFacts {
     }
     UriFacts {
         user: uri.auth.as_ref().map(|a| a.user.clone()),
-        host: strip_brackets(&uri.host_with_port.host.to_string()).to_owned(),
+        host: host_text(&uri.host_with_port.host),
         port: uri.host_with_port.port.map(|p| p.value()),
         transport,
         lr,
+    }
+}
+
+/// A URI host as text without brackets (what `strip_brackets(&host.to_string())`
+/// gives, without the formatting machinery for the usual IPv4 address).
+fn host_text(host: &rsip::Host) -> String {
+    match host {
+        rsip::Host::Domain(d) => strip_brackets(&d.0).to_owned(),
+        rsip::Host::IpAddr(IpAddr::V4(ip)) => {
+            let mut out = String::with_capacity(15);
+            for (i, octet) in ip.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+            out
+        }
+        rsip::Host::IpAddr(ip) => ip.to_string(),
     }
 }
 
@@ -287,11 +319,13 @@ pub fn mark_no_media(entry: &str) -> String {
 
 /// Whether a Route entry carries our `nm` parameter (see [`mark_no_media`]).
 pub fn is_no_media(entry: &str) -> bool {
-    rsip::Uri::try_from(uri_of(entry)).is_ok_and(|u| {
-        u.params.iter().any(|p| {
-            matches!(p, rsip::Param::Other(name, _) if name.to_string().eq_ignore_ascii_case("nm"))
-        })
-    })
+    rsip::Uri::try_from(uri_of(entry)).is_ok_and(|u| has_no_media_param(&u))
+}
+
+fn has_no_media_param(u: &rsip::Uri) -> bool {
+    u.params.iter().any(
+        |p| matches!(p, rsip::Param::Other(name, _) if name.to_string().eq_ignore_ascii_case("nm")),
+    )
 }
 
 /// rsip writes `transport=WS` for a parsed `transport=ws`; browsers and
@@ -337,6 +371,21 @@ mod tests {
         let f = uri_facts("sip:f1.abc@127.0.0.1:8443;transport=ws;lr").unwrap();
         assert!(f.lr);
         assert_eq!(f.user.as_deref(), Some("f1.abc"));
+    }
+
+    #[test]
+    fn host_text_is_the_displayed_host() {
+        for uri in [
+            "sip:a@127.0.0.1:5060",
+            "sip:0.10.100.255",
+            "sip:a@[::1]:5060",
+            "sip:a@[2001:db8::7]",
+            "sip:pbx.example.com",
+        ] {
+            let u = rsip::Uri::try_from(uri).unwrap();
+            let h = &u.host_with_port.host;
+            assert_eq!(host_text(h), strip_brackets(&h.to_string()), "{uri}");
+        }
     }
 
     #[test]
