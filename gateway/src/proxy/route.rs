@@ -138,7 +138,23 @@ fn strip_brackets(h: &str) -> &str {
 /// `host:port`, with brackets for IPv6.
 pub fn host_port(a: SocketAddr) -> String {
     match a {
-        SocketAddr::V4(v4) => v4.to_string(),
+        SocketAddr::V4(v4) => {
+            let mut out = ipv4_text(*v4.ip());
+            out.push(':');
+            let mut port = [0u8; 5];
+            let mut i = port.len();
+            let mut n = v4.port();
+            loop {
+                i -= 1;
+                port[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            port[i..].iter().for_each(|&b| out.push(char::from(b)));
+            out
+        }
         SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
     }
 }
@@ -247,24 +263,27 @@ pub fn facts_of(uri: &rsip::Uri) -> UriFacts {
 fn host_text(host: &rsip::Host) -> String {
     match host {
         rsip::Host::Domain(d) => strip_brackets(&d.0).to_owned(),
-        rsip::Host::IpAddr(IpAddr::V4(ip)) => {
-            let mut out = String::with_capacity(15);
-            for (i, octet) in ip.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                if octet >= 100 {
-                    out.push(char::from(b'0' + octet / 100));
-                }
-                if octet >= 10 {
-                    out.push(char::from(b'0' + octet / 10 % 10));
-                }
-                out.push(char::from(b'0' + octet % 10));
-            }
-            out
-        }
+        rsip::Host::IpAddr(IpAddr::V4(ip)) => ipv4_text(*ip),
         rsip::Host::IpAddr(ip) => ip.to_string(),
     }
+}
+
+/// `a.b.c.d` (what `Ipv4Addr`'s Display writes, without the fmt machinery).
+fn ipv4_text(ip: std::net::Ipv4Addr) -> String {
+    let mut out = String::with_capacity(21);
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
 }
 
 /// All Route entries of a request, in order (comma-joined headers split).
@@ -385,6 +404,23 @@ mod tests {
             let u = rsip::Uri::try_from(uri).unwrap();
             let h = &u.host_with_port.host;
             assert_eq!(host_text(h), strip_brackets(&h.to_string()), "{uri}");
+        }
+    }
+
+    #[test]
+    fn host_port_is_the_displayed_address() {
+        for a in [
+            "127.0.0.1:5060",
+            "0.0.0.0:0",
+            "10.200.3.45:65535",
+            "[::1]:5061",
+        ] {
+            let a: SocketAddr = a.parse().unwrap();
+            let expected = match a {
+                SocketAddr::V4(v4) => v4.to_string(),
+                SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
+            };
+            assert_eq!(host_port(a), expected);
         }
     }
 
