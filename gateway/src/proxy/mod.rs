@@ -1133,11 +1133,10 @@ impl Proxy {
         };
         let req = &fwd.request;
         let first = |headers: &rsip::Headers, which: fn(&rsip::Header) -> bool| {
-            headers.iter().find(|h| which(h)).map(|h| {
-                let t = h.to_string();
-                t.split_once(':')
-                    .map_or(String::new(), |(_, v)| v.trim().to_owned())
-            })
+            headers
+                .iter()
+                .find(|h| which(h))
+                .map(|h| h.value().trim().to_owned())
         };
         let contact_of = |headers: &rsip::Headers| {
             first(headers, |h| matches!(h, rsip::Header::Contact(_)))
@@ -1344,13 +1343,13 @@ impl Proxy {
         // Our Record-Route said a peer node does this call's media.
         let mut peer_media = false;
         while let Some(first) = routes.first() {
-            let Some(f) = route::uri_facts(route::uri_of(first)) else {
+            let Some((f, no_media)) = route::route_entry_facts(first) else {
                 break;
             };
             if !self.local.is_me(&f.host, f.port) {
                 break;
             }
-            peer_media |= route::is_no_media(first);
+            peer_media |= no_media;
             next_flow = Some(
                 f.user
                     .as_deref()
@@ -1771,13 +1770,13 @@ impl Proxy {
         let mut next_flow = None;
         let mut peer_media = false;
         while let Some(first) = routes.first() {
-            let Some(f) = route::uri_facts(route::uri_of(first)) else {
+            let Some((f, no_media)) = route::route_entry_facts(first) else {
                 break;
             };
             if !self.local.is_me(&f.host, f.port) {
                 break;
             }
-            peer_media |= route::is_no_media(first);
+            peer_media |= no_media;
             next_flow = f
                 .user
                 .as_deref()
@@ -2510,6 +2509,12 @@ impl Proxy {
 
     /// §16.3 step 4: a Via of ours whose branch carries this request's hash.
     fn is_loop(&self, req: &rsip::Request) -> bool {
+        // Only a Via with our branch prefix can carry the hash: most requests
+        // have none, and then the hash need not be computed.
+        let ours = |h: &rsip::Header| matches!(h, rsip::Header::Via(v) if v.value().contains("z9hG4bK.rg"));
+        if !req.headers.iter().any(ours) {
+            return false;
+        }
         let mine = format!("z9hG4bK.rg{}.", self.loop_hash(req));
         req.headers.iter().any(|h| match h {
             rsip::Header::Via(v) => route::split_list(v.value())
@@ -2573,9 +2578,7 @@ fn from_party(req: &rsip::Request) -> String {
 
 /// The `tag` parameter of the first header matching `which`.
 fn header_tag(headers: &rsip::Headers, which: impl Fn(&rsip::Header) -> bool) -> Option<String> {
-    let h = headers.iter().find(|h| which(h))?;
-    let text = h.to_string();
-    let value = text.split_once(':').map_or("", |(_, v)| v);
+    let value = headers.iter().find(|h| which(h))?.value();
     let after = match value.rfind('>') {
         Some(i) => &value[i + 1..],
         None => value,
@@ -2622,34 +2625,18 @@ fn insert_headers<const N: usize>(
     same: impl Fn(&rsip::Header) -> bool,
     after_vias: bool,
 ) {
-    let old: Vec<rsip::Header> = headers.iter().cloned().collect();
-    let at = old.iter().position(&same).unwrap_or_else(|| {
+    let headers = &mut headers.0;
+    let at = headers.iter().position(&same).unwrap_or_else(|| {
         if after_vias {
-            old.iter()
+            headers
+                .iter()
                 .rposition(|h| matches!(h, rsip::Header::Via(_)))
                 .map_or(0, |i| i + 1)
         } else {
             0
         }
     });
-    let mut rebuilt = rsip::Headers::default();
-    let mut new = Some(new);
-    for (i, h) in old.into_iter().enumerate() {
-        if i == at
-            && let Some(n) = new.take()
-        {
-            for x in n {
-                rebuilt.push(x);
-            }
-        }
-        rebuilt.push(h);
-    }
-    if let Some(n) = new {
-        for x in n {
-            rebuilt.push(x);
-        }
-    }
-    *headers = rebuilt;
+    headers.splice(at..at, new);
 }
 
 fn max_forwards(req: &rsip::Request) -> Option<u32> {
@@ -2684,26 +2671,19 @@ fn first_via(headers: &rsip::Headers) -> Option<String> {
 
 /// Removes the top Via value (ours) from a response.
 fn pop_via(mut resp: rsip::Response) -> Option<rsip::Response> {
-    let pos = resp
-        .headers
+    let headers = &mut resp.headers.0;
+    let pos = headers
         .iter()
         .position(|h| matches!(h, rsip::Header::Via(_)))?;
-    let mut rebuilt = rsip::Headers::default();
-    for (i, h) in resp.headers.iter().enumerate() {
-        if i == pos {
-            if let rsip::Header::Via(v) = h {
-                let rest = route::split_list(v.value());
-                if rest.len() > 1 {
-                    rebuilt.push(rsip::Header::Via(rsip::headers::Via::new(
-                        rest[1..].join(", "),
-                    )));
-                }
-            }
-            continue;
-        }
-        rebuilt.push(h.clone());
+    let rest = match &headers[pos] {
+        rsip::Header::Via(v) => route::split_list(v.value()),
+        _ => Vec::new(),
+    };
+    if rest.len() > 1 {
+        headers[pos] = rsip::Header::Via(rsip::headers::Via::new(rest[1..].join(", ")));
+    } else {
+        headers.remove(pos);
     }
-    resp.headers = rebuilt;
     Some(resp)
 }
 

@@ -138,7 +138,23 @@ fn strip_brackets(h: &str) -> &str {
 /// `host:port`, with brackets for IPv6.
 pub fn host_port(a: SocketAddr) -> String {
     match a {
-        SocketAddr::V4(v4) => v4.to_string(),
+        SocketAddr::V4(v4) => {
+            let mut out = ipv4_text(*v4.ip());
+            out.push(':');
+            let mut port = [0u8; 5];
+            let mut i = port.len();
+            let mut n = v4.port();
+            loop {
+                i -= 1;
+                port[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            port[i..].iter().for_each(|&b| out.push(char::from(b)));
+            out
+        }
         SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
     }
 }
@@ -147,31 +163,33 @@ pub fn host_port(a: SocketAddr) -> String {
 /// respecting quotes and angle brackets.
 pub fn split_list(value: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let (mut quoted, mut angle, mut cur) = (false, false, String::new());
-    let mut escaped = false;
-    for c in value.chars() {
+    let mut push = |part: &str| {
+        let t = part.trim();
+        if !t.is_empty() {
+            out.push(t.to_owned());
+        }
+    };
+    if !value.contains(',') {
+        push(value);
+        return out;
+    }
+    // Every separator is ASCII, so byte offsets are char boundaries.
+    let (mut quoted, mut angle, mut escaped, mut start) = (false, false, false, 0);
+    for (i, c) in value.bytes().enumerate() {
         match c {
             _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '<' if !quoted => angle = true,
-            '>' if !quoted => angle = false,
-            ',' if !quoted && !angle => {
-                let t = cur.trim();
-                if !t.is_empty() {
-                    out.push(t.to_owned());
-                }
-                cur.clear();
-                continue;
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b'<' if !quoted => angle = true,
+            b'>' if !quoted => angle = false,
+            b',' if !quoted && !angle => {
+                push(&value[start..i]);
+                start = i + 1;
             }
             _ => {}
         }
-        cur.push(c);
     }
-    let t = cur.trim();
-    if !t.is_empty() {
-        out.push(t.to_owned());
-    }
+    push(&value[start..]);
     out
 }
 
@@ -205,6 +223,13 @@ pub fn uri_facts(uri: &str) -> Option<UriFacts> {
     Some(facts_of(&parsed))
 }
 
+/// The facts of a Route entry's URI and whether it carries our `nm`
+/// parameter (see [`is_no_media`]), from one parse.
+pub fn route_entry_facts(entry: &str) -> Option<(UriFacts, bool)> {
+    let parsed = rsip::Uri::try_from(uri_of(entry)).ok()?;
+    Some((facts_of(&parsed), has_no_media_param(&parsed)))
+}
+
 /// The facts of a parsed URI.
 pub fn facts_of(uri: &rsip::Uri) -> UriFacts {
     let mut transport = None;
@@ -226,11 +251,39 @@ pub fn facts_of(uri: &rsip::Uri) -> UriFacts {
     }
     UriFacts {
         user: uri.auth.as_ref().map(|a| a.user.clone()),
-        host: strip_brackets(&uri.host_with_port.host.to_string()).to_owned(),
+        host: host_text(&uri.host_with_port.host),
         port: uri.host_with_port.port.map(|p| p.value()),
         transport,
         lr,
     }
+}
+
+/// A URI host as text without brackets (what `strip_brackets(&host.to_string())`
+/// gives, without the formatting machinery for the usual IPv4 address).
+fn host_text(host: &rsip::Host) -> String {
+    match host {
+        rsip::Host::Domain(d) => strip_brackets(&d.0).to_owned(),
+        rsip::Host::IpAddr(IpAddr::V4(ip)) => ipv4_text(*ip),
+        rsip::Host::IpAddr(ip) => ip.to_string(),
+    }
+}
+
+/// `a.b.c.d` (what `Ipv4Addr`'s Display writes, without the fmt machinery).
+fn ipv4_text(ip: std::net::Ipv4Addr) -> String {
+    let mut out = String::with_capacity(21);
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
 }
 
 /// All Route entries of a request, in order (comma-joined headers split).
@@ -247,28 +300,19 @@ pub fn routes(req: &rsip::Request) -> Vec<String> {
 
 /// Replaces all Route headers with `entries` (one header per entry).
 pub fn set_routes(req: &mut rsip::Request, entries: &[String]) {
-    let first = req
-        .headers
+    let headers = &mut req.headers.0;
+    let first = headers
         .iter()
         .position(|h| matches!(h, rsip::Header::Route(_)));
-    req.headers.retain(|h| !matches!(h, rsip::Header::Route(_)));
-    let mut rebuilt = rsip::Headers::default();
-    let mut inserted = false;
-    for (i, h) in req.headers.iter().enumerate() {
-        if !inserted && Some(i) == first {
-            for e in entries {
-                rebuilt.push(rsip::Header::Route(rsip::headers::Route::new(e.clone())));
-            }
-            inserted = true;
-        }
-        rebuilt.push(h.clone());
-    }
-    if !inserted {
-        for e in entries {
-            rebuilt.push(rsip::Header::Route(rsip::headers::Route::new(e.clone())));
-        }
-    }
-    req.headers = rebuilt;
+    headers.retain(|h| !matches!(h, rsip::Header::Route(_)));
+    // Where the first Route was (only other headers precede it), else last.
+    let at = first.unwrap_or(headers.len()).min(headers.len());
+    headers.splice(
+        at..at,
+        entries
+            .iter()
+            .map(|e| rsip::Header::Route(rsip::headers::Route::new(e.clone()))),
+    );
 }
 
 /// Builds one of our Record-Route entries.
@@ -294,11 +338,13 @@ pub fn mark_no_media(entry: &str) -> String {
 
 /// Whether a Route entry carries our `nm` parameter (see [`mark_no_media`]).
 pub fn is_no_media(entry: &str) -> bool {
-    rsip::Uri::try_from(uri_of(entry)).is_ok_and(|u| {
-        u.params.iter().any(|p| {
-            matches!(p, rsip::Param::Other(name, _) if name.to_string().eq_ignore_ascii_case("nm"))
-        })
-    })
+    rsip::Uri::try_from(uri_of(entry)).is_ok_and(|u| has_no_media_param(&u))
+}
+
+fn has_no_media_param(u: &rsip::Uri) -> bool {
+    u.params.iter().any(
+        |p| matches!(p, rsip::Param::Other(name, _) if name.to_string().eq_ignore_ascii_case("nm")),
+    )
 }
 
 /// rsip writes `transport=WS` for a parsed `transport=ws`; browsers and
@@ -344,6 +390,38 @@ mod tests {
         let f = uri_facts("sip:f1.abc@127.0.0.1:8443;transport=ws;lr").unwrap();
         assert!(f.lr);
         assert_eq!(f.user.as_deref(), Some("f1.abc"));
+    }
+
+    #[test]
+    fn host_text_is_the_displayed_host() {
+        for uri in [
+            "sip:a@127.0.0.1:5060",
+            "sip:0.10.100.255",
+            "sip:a@[::1]:5060",
+            "sip:a@[2001:db8::7]",
+            "sip:pbx.example.com",
+        ] {
+            let u = rsip::Uri::try_from(uri).unwrap();
+            let h = &u.host_with_port.host;
+            assert_eq!(host_text(h), strip_brackets(&h.to_string()), "{uri}");
+        }
+    }
+
+    #[test]
+    fn host_port_is_the_displayed_address() {
+        for a in [
+            "127.0.0.1:5060",
+            "0.0.0.0:0",
+            "10.200.3.45:65535",
+            "[::1]:5061",
+        ] {
+            let a: SocketAddr = a.parse().unwrap();
+            let expected = match a {
+                SocketAddr::V4(v4) => v4.to_string(),
+                SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
+            };
+            assert_eq!(host_port(a), expected);
+        }
     }
 
     #[test]

@@ -110,10 +110,7 @@ fn parse_inner(data: &[u8], max_size: usize) -> Result<Checked, ParseError> {
         .ok_or(ParseError::Empty)?;
     let data = &data[start..];
     let (head, body) = split_head(data).ok_or(ParseError::NoHeaderEnd)?;
-    if head
-        .iter()
-        .any(|&b| b == 0 || (b >= 0x80 && !is_utf8(head)))
-    {
+    if memchr::memchr(0, head).is_some() || (!head.is_ascii() && !is_utf8(head)) {
         return Err(ParseError::BadCharacters);
     }
     let head = normalize_line_endings(head);
@@ -142,34 +139,29 @@ fn is_utf8(b: &[u8]) -> bool {
 
 /// Splits at the first empty line (CRLFCRLF, or LFLF from sloppy senders).
 fn split_head(data: &[u8]) -> Option<(&[u8], &[u8])> {
-    let mut i = 0;
-    while i < data.len() {
-        if data[i] == b'\n' {
-            // "\n\n" or "\n\r\n" ends the head.
-            if data.get(i + 1) == Some(&b'\n') {
-                let head_end = if i > 0 && data[i - 1] == b'\r' {
-                    i - 1
-                } else {
-                    i
-                };
-                return Some((&data[..head_end], &data[i + 2..]));
-            }
-            if data.get(i + 1) == Some(&b'\r') && data.get(i + 2) == Some(&b'\n') {
-                let head_end = if i > 0 && data[i - 1] == b'\r' {
-                    i - 1
-                } else {
-                    i
-                };
-                return Some((&data[..head_end], &data[i + 3..]));
-            }
+    for i in memchr::memchr_iter(b'\n', data) {
+        let head_end = if i > 0 && data[i - 1] == b'\r' {
+            i - 1
+        } else {
+            i
+        };
+        // "\n\n" or "\n\r\n" ends the head.
+        match (data.get(i + 1), data.get(i + 2)) {
+            (Some(b'\n'), _) => return Some((&data[..head_end], &data[i + 2..])),
+            (Some(b'\r'), Some(b'\n')) => return Some((&data[..head_end], &data[i + 3..])),
+            _ => {}
         }
-        i += 1;
     }
     None
 }
 
-/// Rewrites bare LF line endings in the head as CRLF (rsip wants CRLF).
-fn normalize_line_endings(head: &[u8]) -> Vec<u8> {
+/// Rewrites bare LF line endings in the head as CRLF (rsip wants CRLF);
+/// borrowed when there is none (the usual case).
+fn normalize_line_endings(head: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let bare = |i: usize| i == 0 || head[i - 1] != b'\r';
+    if !memchr::memchr_iter(b'\n', head).any(bare) {
+        return std::borrow::Cow::Borrowed(head);
+    }
     let mut out = Vec::with_capacity(head.len() + 32);
     let mut prev = 0u8;
     for &b in head {
@@ -179,31 +171,49 @@ fn normalize_line_endings(head: &[u8]) -> Vec<u8> {
         out.push(b);
         prev = b;
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 /// The Content-Length value, from the full or compact (`l`) header name.
+/// `head` has CRLF line endings only (see [`normalize_line_endings`]).
 fn content_length(head: &[u8]) -> Result<Option<usize>, ParseError> {
     let text = std::str::from_utf8(head).map_err(|_| ParseError::BadCharacters)?;
     let mut found = None;
-    for line in text.split("\r\n").skip(1) {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let name = name.trim();
-        if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l") {
-            let v = value.trim();
-            if v.is_empty() || v.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(ParseError::BadContentLength);
+    // The lines after the start line: every LF ends one (its CR dropped), as
+    // splitting at CRLF would.
+    let mut start = match memchr::memchr(b'\n', head) {
+        Some(i) => i + 1,
+        None => return Ok(None),
+    };
+    loop {
+        let end = memchr::memchr(b'\n', &head[start..]).map(|i| start + i);
+        let line = &text[start..end.map_or(text.len(), |e| e - 1)];
+        // Only a line whose name starts with c or l can be Content-Length.
+        if line
+            .trim_start()
+            .as_bytes()
+            .first()
+            .is_some_and(|b| matches!(b, b'c' | b'C' | b'l' | b'L'))
+            && let Some((name, value)) = line.split_once(':')
+        {
+            let name = name.trim();
+            if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l") {
+                let v = value.trim();
+                if v.is_empty() || v.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(ParseError::BadContentLength);
+                }
+                let n: usize = v.parse().map_err(|_| ParseError::BadContentLength)?;
+                if found.is_some_and(|f| f != n) {
+                    return Err(ParseError::BadContentLength);
+                }
+                found = Some(n);
             }
-            let n: usize = v.parse().map_err(|_| ParseError::BadContentLength)?;
-            if found.is_some_and(|f| f != n) {
-                return Err(ParseError::BadContentLength);
-            }
-            found = Some(n);
+        }
+        match end {
+            Some(e) => start = e + 1,
+            None => return Ok(found),
         }
     }
-    Ok(found)
 }
 
 /// A short, safe context for rsip's error text (never echo input verbatim).
@@ -281,12 +291,9 @@ fn check(msg: rsip::SipMessage) -> Result<Checked, ParseError> {
             .headers
             .iter()
             .find(|h| matches!(h, rsip::Header::MaxForwards(_)))
+            && mf.value().trim().parse::<u8>().is_err()
         {
-            let v = mf.to_string();
-            let value = v.split_once(':').map_or("", |(_, v)| v.trim());
-            if value.parse::<u8>().is_err() {
-                return Err(ParseError::BadHeader("Max-Forwards"));
-            }
+            return Err(ParseError::BadHeader("Max-Forwards"));
         }
     }
     Ok(Checked {

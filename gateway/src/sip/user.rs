@@ -77,21 +77,36 @@ pub fn aor_uri(aor: &str) -> Option<rsip::Uri> {
 /// user again when it prints one, so `o%27neil` would go out as `o%2527neil`;
 /// everything rtcgate sends or records goes through this instead.
 pub fn uri_text(uri: &rsip::Uri) -> String {
+    use std::fmt::Write as _;
     let Some(auth) = &uri.auth else {
         return uri.to_string();
     };
-    let mut rest = uri.clone();
-    rest.auth = None;
-    let rest = rest.to_string();
-    let userinfo = match &auth.password {
-        Some(p) => format!("{}:{p}@", auth.user),
-        None => format!("{}@", auth.user),
-    };
-    // After `scheme:` (rsip always writes one for sip/sips/tel URIs).
-    match rest.split_once(':') {
-        Some((scheme, tail)) if uri.scheme.is_some() => format!("{scheme}:{userinfo}{tail}"),
-        _ => format!("{userinfo}{rest}"),
+    // rsip's Display of a URI, with the userinfo written as held (and no
+    // clone of the URI to print it without its userinfo).
+    let mut out = String::with_capacity(64);
+    if let Some(scheme) = &uri.scheme {
+        let _ = write!(out, "{scheme}:");
     }
+    out.push_str(&auth.user);
+    if let Some(p) = &auth.password {
+        out.push(':');
+        out.push_str(p);
+    }
+    out.push('@');
+    let _ = write!(out, "{}", uri.host_with_port);
+    for param in &uri.params {
+        let _ = write!(out, "{param}");
+    }
+    if !uri.headers.is_empty() {
+        out.push('?');
+        for (i, (k, v)) in uri.headers.iter().enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            let _ = write!(out, "{k}={v}");
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -152,5 +167,40 @@ mod tests {
             assert_eq!(decode(&e), user);
         }
         assert_eq!(encode("o'neil 100%"), "o'neil%20100%25");
+    }
+
+    fn uri_text_via_clone(uri: &rsip::Uri) -> String {
+        let Some(auth) = &uri.auth else {
+            return uri.to_string();
+        };
+        let mut rest = uri.clone();
+        rest.auth = None;
+        let rest = rest.to_string();
+        let userinfo = match &auth.password {
+            Some(p) => format!("{}:{p}@", auth.user),
+            None => format!("{}@", auth.user),
+        };
+        // After `scheme:` (rsip always writes one for sip/sips/tel URIs).
+        match rest.split_once(':') {
+            Some((scheme, tail)) if uri.scheme.is_some() => format!("{scheme}:{userinfo}{tail}"),
+            _ => format!("{userinfo}{rest}"),
+        }
+    }
+
+    #[test]
+    fn uri_text_is_the_clone_and_split_text() {
+        for text in [
+            "sip:1001@127.0.0.1:5060",
+            "sip:o%27neil@example.com;transport=ws;lr",
+            "sips:a:secret@[::1]:5061;user=phone",
+            "sip:alice@example.com?subject=hi&priority=urgent",
+            "tel:+15551234",
+            "sip:example.com",
+        ] {
+            let uri = rsip::Uri::try_from(text).unwrap();
+            assert_eq!(uri_text(&uri), uri_text_via_clone(&uri), "{text}");
+        }
+        let aor = aor_uri("sip:o'neil x@example.com").unwrap();
+        assert_eq!(uri_text(&aor), uri_text_via_clone(&aor));
     }
 }

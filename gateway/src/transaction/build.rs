@@ -149,36 +149,60 @@ pub fn build_ack_for_non2xx(
 
 /// Wire bytes of a request.
 pub fn encode_request(req: &Request) -> Bytes {
+    use std::fmt::Write as _;
     // Not `req.to_bytes()`: rsip would escape the Request-URI's user again.
-    let mut buf = format!(
-        "{} {} {}\r\n{}\r\n",
+    let mut head = String::with_capacity(head_capacity(&req.headers));
+    let _ = write!(
+        head,
+        "{} {} {}\r\n",
         req.method,
         crate::sip::user::uri_text(&req.uri),
-        req.version,
-        req.headers
-    )
-    .into_bytes();
-    buf.extend_from_slice(&req.body);
-    Bytes::from(buf)
+        req.version
+    );
+    Bytes::from(finish(head, &req.headers, &req.body))
 }
 
 /// Wire bytes of a response, writing `wire_reason` when set (see the module
 /// docs).
 pub fn encode_response(resp: &Response) -> Bytes {
+    use std::fmt::Write as _;
     let reason = resp
         .wire_reason
         .as_deref()
         .unwrap_or_else(|| resp.status_code.text());
-    let mut buf = format!(
-        "{} {} {}\r\n{}\r\n",
+    let mut head = String::with_capacity(head_capacity(&resp.headers));
+    let _ = write!(
+        head,
+        "{} {} {reason}\r\n",
         resp.version,
-        resp.status_code.code(),
-        reason,
-        resp.headers
-    )
-    .into_bytes();
-    buf.extend_from_slice(&resp.body);
-    Bytes::from(buf)
+        resp.status_code.code()
+    );
+    Bytes::from(finish(head, &resp.headers, &resp.body))
+}
+
+/// Room for the start line and every header line.
+fn head_capacity(headers: &Headers) -> usize {
+    96 + headers
+        .iter()
+        .map(|h| h.name().len() + h.value().len() + 4)
+        .sum::<usize>()
+}
+
+/// Appends the header lines (`Name: value`, what rsip's `Display` writes for
+/// every header, without its string per header and join), the empty line
+/// and the body.
+fn finish(head: String, headers: &Headers, body: &[u8]) -> Vec<u8> {
+    let mut buf = head.into_bytes();
+    buf.reserve(headers.iter().count() * 4 + 2 + body.len());
+    for h in headers.iter() {
+        buf.extend_from_slice(h.name().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(h.value().as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+    buf.extend_from_slice(b"\r\n");
+    buf.extend_from_slice(body);
+    buf
 }
 
 #[cfg(test)]
@@ -294,5 +318,28 @@ mod tests {
         let mut req = invite();
         req.headers.retain(|h| !matches!(h, Header::Via(_)));
         assert_eq!(build_cancel(&req), Err(TransactionError::MissingVia));
+    }
+
+    #[test]
+    fn encoding_is_what_rsip_displays() {
+        let mut req = invite();
+        req.headers
+            .push(Header::Other("X-Odd".into(), "a: b".into()));
+        let expected = format!(
+            "{} {} {}\r\n{}\r\nv=0\n",
+            req.method, req.uri, req.version, req.headers
+        );
+        assert_eq!(&encode_request(&req)[..], expected.as_bytes());
+        let resp = make_response(&req, 486, Some("Busy Here Now"), Some("t1"));
+        let expected = format!("SIP/2.0 486 Busy Here Now\r\n{}\r\n", resp.headers);
+        assert_eq!(&encode_response(&resp)[..], expected.as_bytes());
+        let bare = Response {
+            headers: Headers::default(),
+            ..resp
+        };
+        assert_eq!(
+            &encode_response(&bare)[..],
+            b"SIP/2.0 486 Busy Here Now\r\n\r\n"
+        );
     }
 }

@@ -41,6 +41,9 @@ pub fn top_via(headers: &Headers) -> Result<TopVia<'_>, TransactionError> {
 /// The first entry of a comma-separated header value (commas inside quoted
 /// strings do not split).
 pub(crate) fn first_value(raw: &str) -> &str {
+    if !raw.contains(',') {
+        return raw.trim();
+    }
     let mut in_quotes = false;
     let mut escaped = false;
     for (i, c) in raw.char_indices() {
