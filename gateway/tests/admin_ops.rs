@@ -541,21 +541,6 @@ impl Drop for Process {
     }
 }
 
-/// The final response to a request sent from `sock` (100 Trying skipped).
-async fn final_udp(sock: &tokio::net::UdpSocket) -> String {
-    let mut buf = vec![0u8; 65535];
-    loop {
-        let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
-            .await
-            .expect("no response over UDP")
-            .unwrap();
-        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-        if sip_status(&text).is_some_and(|c| c >= 200) {
-            return text;
-        }
-    }
-}
-
 #[tokio::test]
 async fn sigterm_drains_a_running_process() {
     use futures_util::StreamExt;
@@ -665,7 +650,7 @@ destination = "127.0.0.1:{pbx}"
     sock.send_to(invite.as_bytes(), format!("127.0.0.1:{udp}"))
         .await
         .unwrap();
-    let refused = final_udp(&sock).await;
+    let refused = udp_final(&sock).await;
     assert_eq!(sip_status(&refused), Some(503), "{refused}");
     let retry: u32 = sip_header(&refused, "Retry-After").parse().unwrap();
     assert!(retry >= 5, "{refused}");

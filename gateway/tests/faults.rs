@@ -367,37 +367,21 @@ impl PrivatePostgres {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
         // Accepting TCP is not enough (startup/recovery answers "starting
         // up"): wait for a real query to succeed.
         let url = self.url();
-        let ready = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                loop {
-                    if let Ok(Ok(pool)) = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        sqlx::postgres::PgPoolOptions::new()
-                            .max_connections(1)
-                            .connect(&url),
-                    )
+        let ready = wait_connectable(Duration::from_secs(20), move || {
+            let url = url.clone();
+            async move {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&url)
                     .await
-                    {
-                        pool.close().await;
-                        return true;
-                    }
-                    if Instant::now() > deadline {
-                        return false;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-        })
-        .join()
-        .unwrap();
+                    .ok()?;
+                pool.close().await;
+                Some(())
+            }
+        });
         assert!(
             ready,
             "private postgres did not start: {}",
@@ -422,6 +406,37 @@ impl PrivatePostgres {
             }
         }
     }
+}
+
+/// Tries `connect` (2 s per try, 100 ms apart) until it succeeds or
+/// `within` has passed; on a thread with its own runtime, since callers are
+/// already inside one.
+fn wait_connectable<F, Fut>(within: Duration, connect: F) -> bool
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Option<()>>,
+{
+    let deadline = Instant::now() + within;
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            loop {
+                if let Ok(Some(())) = tokio::time::timeout(Duration::from_secs(2), connect()).await
+                {
+                    return true;
+                }
+                if Instant::now() > deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    })
+    .join()
+    .unwrap()
 }
 
 /// Whether any process is left in process group `pgid`.
@@ -715,34 +730,18 @@ impl PrivateDb for PrivateMariaDb {
             .unwrap();
         self.child = Some(child);
         let url = self.url();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let ready = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                loop {
-                    if let Ok(Ok(pool)) = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        sqlx::mysql::MySqlPoolOptions::new()
-                            .max_connections(1)
-                            .connect(&url),
-                    )
+        let ready = wait_connectable(Duration::from_secs(30), move || {
+            let url = url.clone();
+            async move {
+                let pool = sqlx::mysql::MySqlPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&url)
                     .await
-                    {
-                        pool.close().await;
-                        return true;
-                    }
-                    if Instant::now() > deadline {
-                        return false;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-        })
-        .join()
-        .unwrap();
+                    .ok()?;
+                pool.close().await;
+                Some(())
+            }
+        });
         assert!(
             ready,
             "private mariadbd did not start: {}",

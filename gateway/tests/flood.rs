@@ -521,17 +521,7 @@ async fn udp_register(sock: &UdpSocket, to: SocketAddr, n: u32, auth: Option<&st
         "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKreg{n};rport\r\nMax-Forwards: 70\r\nFrom: <sip:1001@localhost>;tag=r{n}\r\nTo: <sip:1001@localhost>\r\nCall-ID: guess-{me}\r\nCSeq: {n} REGISTER\r\nContact: <sip:1001@{me}>\r\nExpires: 60\r\n{auth}Content-Length: 0\r\n\r\n"
     );
     sock.send_to(msg.as_bytes(), to).await.unwrap();
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        let (len, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
-            .await
-            .expect("no answer to REGISTER")
-            .unwrap();
-        let r = String::from_utf8_lossy(&buf[..len]).into_owned();
-        if sip_status(&r).is_some_and(|c| c >= 200) {
-            return r;
-        }
-    }
+    udp_final(sock).await
 }
 
 /// REGISTER, then again answering its MD5 challenge with `password`.

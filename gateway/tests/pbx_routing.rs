@@ -250,6 +250,26 @@ async fn wait_state(gw: &TestGateway, port: u16, want: HealthState) {
     }
 }
 
+/// One routing set for every number: `primary` first, then `backup`; no
+/// probes (the calls alone decide).
+fn primary_and_backup(primary: u16, backup: u16) -> String {
+    format!(
+        r#"
+[[routing.sets]]
+name = "pbx"
+trusted_sources = ["127.0.0.1"]
+probe = {{ interval_ms = 0 }}
+destinations = [
+  {{ address = "127.0.0.1:{primary}", priority = 0 }},
+  {{ address = "127.0.0.1:{backup}", priority = 1 }},
+]
+[[routing.rules]]
+default = true
+set = "pbx"
+"#
+    )
+}
+
 async fn gateway(toml_text: &str) -> TestGateway {
     let parsed = Config::parse(toml_text, "test.toml").expect("test routing config");
     TestGateway::start_with(|c| {
@@ -340,22 +360,7 @@ async fn busy_is_final_and_not_failed_over() {
         return;
     };
     let backup = Pbx::start(pick_udp_port()).unwrap();
-    let toml_text = format!(
-        r#"
-[[routing.sets]]
-name = "pbx"
-trusted_sources = ["127.0.0.1"]
-probe = {{ interval_ms = 0 }}
-destinations = [
-  {{ address = "127.0.0.1:{}", priority = 0 }},
-  {{ address = "127.0.0.1:{}", priority = 1 }},
-]
-[[routing.rules]]
-default = true
-set = "pbx"
-"#,
-        busy.port, backup.port
-    );
+    let toml_text = primary_and_backup(busy.port, backup.port);
     let gw = gateway(&toml_text).await;
     let mut caller = Caller::new("127.0.0.1", gw.udp()).await;
     let (o, _) = caller.call("1000", "localhost", false).await;
@@ -437,22 +442,7 @@ async fn overloaded_pbx_503_mid_setup_fails_over_with_media_and_leaks_nothing() 
     };
     let backup = Pbx::start(pick_udp_port()).unwrap();
     let rtp = common::rtpengine::Daemon::start(&bin);
-    let toml_text = format!(
-        r#"
-[[routing.sets]]
-name = "pbx"
-trusted_sources = ["127.0.0.1"]
-probe = {{ interval_ms = 0 }}
-destinations = [
-  {{ address = "127.0.0.1:{}", priority = 0 }},
-  {{ address = "127.0.0.1:{}", priority = 1 }},
-]
-[[routing.rules]]
-default = true
-set = "pbx"
-"#,
-        overloaded.port, backup.port
-    );
+    let toml_text = primary_and_backup(overloaded.port, backup.port);
     let parsed = Config::parse(&toml_text, "test.toml").expect("test routing config");
     let gw = TestGateway::start_with(|c| {
         c.routing = parsed.routing;

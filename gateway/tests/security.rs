@@ -30,21 +30,6 @@ async fn hears_nothing(sock: &UdpSocket, within: Duration) {
     }
 }
 
-/// The next final response on `sock` (5 s per message).
-async fn udp_final(sock: &UdpSocket) -> String {
-    let mut buf = vec![0u8; 65_535];
-    loop {
-        let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
-            .await
-            .expect("no answer over UDP")
-            .unwrap();
-        let r = String::from_utf8_lossy(&buf[..n]).into_owned();
-        if sip_status(&r).is_some_and(|c| c >= 200) {
-            return r;
-        }
-    }
-}
-
 fn request(method: &str, ruri: &str, extra: &str, to_tag: Option<&str>, n: &str) -> String {
     let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
     format!(

@@ -27,16 +27,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
-/// The next datagram on `sock` within `wait`, as text.
-async fn udp_recv_within(sock: &UdpSocket, wait: Duration) -> Option<String> {
-    let mut buf = vec![0u8; 65_535];
-    let (n, _) = tokio::time::timeout(wait, sock.recv_from(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
-}
-
 /// The next request (not a response) on `sock` within `wait`.
 async fn udp_request_within(sock: &UdpSocket, wait: Duration) -> Option<String> {
     let deadline = tokio::time::Instant::now() + wait;
@@ -45,20 +35,6 @@ async fn udp_request_within(sock: &UdpSocket, wait: Duration) -> Option<String> 
         let m = udp_recv_within(sock, left).await?;
         if sip_method(&m).is_some() {
             return Some(m);
-        }
-    }
-}
-
-/// The next final response on `sock` within 5 s (panics otherwise).
-async fn udp_final(sock: &UdpSocket) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let m = udp_recv_within(sock, left)
-            .await
-            .expect("no final response within 5 s");
-        if sip_status(&m).is_some_and(|c| c >= 200) {
-            return m;
         }
     }
 }

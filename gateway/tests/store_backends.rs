@@ -591,6 +591,17 @@ async fn restart_keeps_live_registrations(url: String) {
     store.close().await;
 }
 
+/// The contacts of `AOR` in the table (not the cache).
+async fn stored_contacts(store: &Store) -> Vec<String> {
+    store
+        .list_bindings(AOR)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.contact)
+        .collect()
+}
+
 async fn flow_close_removes_its_bindings(url: String) {
     let node = node_with_user(&url, T0).await;
     let mut a = Ua::new("2000", "s3cret", "sip:a@a.invalid;transport=ws");
@@ -622,14 +633,7 @@ async fn flow_close_removes_its_bindings(url: String) {
     let live = node.location.lookup(AOR, T0);
     assert_eq!(live.len(), 1);
     assert_eq!(live[0].contact, "sip:b@b.invalid;transport=ws");
-    let mut db: Vec<String> = node
-        .store
-        .list_bindings(AOR)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| b.contact)
-        .collect();
+    let mut db = stored_contacts(&node.store).await;
     db.sort();
     assert_eq!(
         db,
@@ -670,15 +674,10 @@ async fn register_finishing_after_its_flow_closed_leaves_no_binding(url: String)
         .map(|b| b.contact)
         .collect();
     assert_eq!(live, ["sip:alive@b.invalid;transport=ws"]);
-    let stored: Vec<String> = node
-        .store
-        .list_bindings(AOR)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| b.contact)
-        .collect();
-    assert_eq!(stored, ["sip:alive@b.invalid;transport=ws"]);
+    assert_eq!(
+        stored_contacts(&node.store).await,
+        ["sip:alive@b.invalid;transport=ws"]
+    );
     node.store.close().await;
 }
 

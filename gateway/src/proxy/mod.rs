@@ -578,15 +578,13 @@ impl Proxy {
         self.sends.pop_front()
     }
 
-    /// The transport could not send `out` (a socket error, no socket for
-    /// the address family): its client transaction, if any, fails now as
-    /// if the branch got a 503 (§16.9) instead of retransmitting until
-    /// timer B/F.
-    pub fn send_failed(&mut self, now: Instant, out: &Outgoing) {
-        if let Some(ck) = out.client {
-            self.fail_branch_transport(ck, 503);
-            self.drain(now);
-        }
+    /// The transport could not send a request of client transaction `ck`
+    /// ([`Outgoing::client`]; a socket error, no socket for the address
+    /// family): it fails now as if the branch got a 503 (§16.9) instead of
+    /// retransmitting until timer B/F.
+    pub fn send_failed(&mut self, now: Instant, ck: ClientKey) {
+        self.fail_branch_transport(ck, 503);
+        self.drain(now);
     }
 
     fn fail_branch_transport(&mut self, ck: ClientKey, code: u16) {

@@ -436,9 +436,11 @@ async fn run(
         }
         while let Some(send) = proxy.poll_send() {
             counters.sent(&send.data);
-            if let Err(e) = transports.send(send.dest, send.data.clone()) {
+            if let Err(e) = transports.send(send.dest, send.data) {
                 tracing::debug!(error = %e, "send failed");
-                proxy.send_failed(std::time::Instant::now(), &send);
+                if let Some(ck) = send.client {
+                    proxy.send_failed(std::time::Instant::now(), ck);
+                }
             }
         }
         let now = std::time::Instant::now();

@@ -796,8 +796,8 @@ fn a_failed_send_answers_the_branch_503_at_once() {
     let out = std::iter::from_fn(|| p.poll_send())
         .find(|s| s.dest == Destination::Udp(PBX.parse().unwrap()))
         .expect("the INVITE is sent");
-    assert!(out.client.is_some(), "a request carries its transaction");
-    p.send_failed(now, &out);
+    let ck = out.client.expect("a request carries its transaction");
+    p.send_failed(now, ck);
     let up = sent_to(&mut p, CALLER);
     assert!(
         up.iter().any(|m| m.starts_with("SIP/2.0 503 ")),

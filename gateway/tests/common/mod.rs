@@ -384,6 +384,31 @@ pub fn sip_body(msg: &str) -> &str {
     msg.split_once("\r\n\r\n").map_or("", |(_, b)| b)
 }
 
+/// The next datagram on `sock` within `wait`, as text (None on timeout).
+pub async fn udp_recv_within(sock: &tokio::net::UdpSocket, wait: Duration) -> Option<String> {
+    let mut buf = vec![0u8; 65_535];
+    let (n, _) = tokio::time::timeout(wait, sock.recv_from(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// The next final response on `sock` within 5 s (provisional ones skipped;
+/// panics otherwise).
+pub async fn udp_final(sock: &tokio::net::UdpSocket) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let m = udp_recv_within(sock, left)
+            .await
+            .expect("no final response over UDP within 5 s");
+        if sip_status(&m).is_some_and(|c| c >= 200) {
+            return m;
+        }
+    }
+}
+
 /// Next WebSocket message within `wait`, None on timeout.
 pub async fn ws_recv_within(ws: &mut Ws, wait: Duration) -> Option<String> {
     use futures_util::StreamExt;
