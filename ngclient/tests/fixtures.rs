@@ -16,7 +16,13 @@ fn fixtures_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("NG_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/ng")
+            // Beside the checkout, or at /work/shared for a clone elsewhere.
+            let beside = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/ng");
+            if beside.is_dir() {
+                beside
+            } else {
+                PathBuf::from("/work/shared/fixtures/ng")
+            }
         });
     if dir.is_dir() {
         return Some(dir);

@@ -35,11 +35,23 @@ pub fn rtpengine_bin() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// `shared/fixtures/<sub>` beside the checkout, or at `/work/shared` when
+/// the checkout is elsewhere (a clone in /tmp).
+pub fn shared_fixtures(sub: &str) -> PathBuf {
+    let beside = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
+    let root = if beside.is_dir() {
+        beside
+    } else {
+        PathBuf::from("/work/shared/fixtures")
+    };
+    root.join(sub)
+}
+
 /// A fixture file from `shared/fixtures/<sub>/<name>`.
 pub fn fixture(sub: &str, name: &str) -> Option<Vec<u8>> {
     let dir = std::env::var_os("FIXTURES_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"));
+        .unwrap_or_else(|| shared_fixtures(""));
     let path = dir.join(sub).join(name);
     match std::fs::read(&path) {
         Ok(b) => Some(b),
